@@ -1,0 +1,181 @@
+"""Typed client of one codex app-server, on top of :class:`JsonRpcPeer`."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .messages import JsonObject, ServerRequest, structure
+from .peer import JsonRpcPeer, ServerRequestRefused
+from .protocol import (
+    AccountReadResult,
+    ClientInfo,
+    InitializeParams,
+    InitializeResult,
+    InjectItemsParams,
+    ModelInfo,
+    ModelListResult,
+    ThreadResumeParams,
+    ThreadStartParams,
+    ThreadStartResult,
+    TurnInterruptParams,
+    TurnStartParams,
+    TurnStartResult,
+    to_wire,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApprovalPolicy(enum.StrEnum):
+    """How the bridge answers codex's approval requests.
+
+    Nobody sits in front of an HTTP stream to click "approve", so the answer
+    is decided by configuration. ``decline`` (the default) lets the turn go on
+    without the action; ``accept`` runs it; ``cancel`` declines and ends the
+    turn.
+    """
+
+    DECLINE = "decline"
+    ACCEPT = "accept"
+    CANCEL = "cancel"
+
+
+# The legacy (v1) approval methods use ReviewDecision values.
+_LEGACY_DECISIONS = {
+    ApprovalPolicy.DECLINE: "denied",
+    ApprovalPolicy.ACCEPT: "approved",
+    ApprovalPolicy.CANCEL: "abort",
+}
+_APPROVAL_METHODS = frozenset(
+    {"item/commandExecution/requestApproval", "item/fileChange/requestApproval"}
+)
+_LEGACY_APPROVAL_METHODS = frozenset({"execCommandApproval", "applyPatchApproval"})
+
+
+@attrs.frozen
+class ApprovalDecision:
+    """What was answered to one server request, for observers."""
+
+    request: ServerRequest
+    decision: str
+
+
+ApprovalObserver = Callable[[ApprovalDecision], None]
+
+
+def approval_answer(policy: ApprovalPolicy, request: ServerRequest) -> JsonObject:
+    """The reply to a server request under ``policy``.
+
+    Raises :class:`ServerRequestRefused` for requests the bridge cannot
+    answer meaningfully (user input, MCP elicitation, dynamic tools, token
+    refresh); codex treats the error as a failed request and goes on.
+    """
+    if request.method in _APPROVAL_METHODS:
+        return {"decision": policy.value}
+    if request.method in _LEGACY_APPROVAL_METHODS:
+        return {"decision": _LEGACY_DECISIONS[policy]}
+    raise ServerRequestRefused(f"codex-bridge does not support {request.method}")
+
+
+class CodexClient:
+    """The codex app-server API over one peer.
+
+    Every call raises :class:`~bridge.peer.RpcCallError` on an error reply,
+    :class:`~bridge.peer.PeerClosed` if the child dies first, and
+    :class:`trio.TooSlowError` past its timeout. Cancellation abandons the
+    call (codex may still act on it).
+    """
+
+    def __init__(
+        self,
+        peer: JsonRpcPeer,
+        *,
+        approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE,
+        on_approval: ApprovalObserver | None = None,
+    ) -> None:
+        self.peer = peer
+        self.approval_policy = approval_policy
+        self.on_approval = on_approval
+        peer.on_server_request = self._answer_server_request
+
+    async def _answer_server_request(self, request: ServerRequest) -> Any:
+        answer = approval_answer(self.approval_policy, request)
+        log.info("%s: answered %s with %s", self.peer.name, request.method, answer["decision"])
+        if self.on_approval is not None:
+            self.on_approval(ApprovalDecision(request, str(answer["decision"])))
+        return answer
+
+    async def _call(self, method: str, params: Any, result_type: type[Any], timeout_s: float) -> Any:
+        raw = await self.peer.request(method, to_wire(params) if params is not None else {},
+                                      timeout_s=timeout_s)
+        return structure(raw, result_type)
+
+    async def initialize(
+        self, client_info: ClientInfo, *, timeout_s: float = math.inf
+    ) -> InitializeResult:
+        """``initialize`` then the ``initialized`` notification."""
+        params = InitializeParams(client_info, {"experimentalApi": True})
+        result: InitializeResult = await self._call(
+            "initialize", params, InitializeResult, timeout_s
+        )
+        await self.peer.notify("initialized")
+        return result
+
+    async def account_read(self, *, timeout_s: float = math.inf) -> AccountReadResult:
+        result: AccountReadResult = await self._call(
+            "account/read", None, AccountReadResult, timeout_s
+        )
+        return result
+
+    async def model_list(self, *, timeout_s: float = math.inf) -> list[ModelInfo]:
+        """Every model, following ``nextCursor`` pages."""
+        models: list[ModelInfo] = []
+        cursor: str | None = None
+        while True:
+            params = {"cursor": cursor} if cursor else {}
+            raw = await self.peer.request("model/list", params, timeout_s=timeout_s)
+            page: ModelListResult = structure(raw, ModelListResult)
+            models.extend(page.data)
+            if not page.next_cursor or not page.data:
+                return models
+            cursor = page.next_cursor
+
+    async def thread_start(
+        self, params: ThreadStartParams, *, timeout_s: float = math.inf
+    ) -> ThreadStartResult:
+        result: ThreadStartResult = await self._call(
+            "thread/start", params, ThreadStartResult, timeout_s
+        )
+        return result
+
+    async def thread_resume(
+        self, params: ThreadResumeParams, *, timeout_s: float = math.inf
+    ) -> ThreadStartResult:
+        result: ThreadStartResult = await self._call(
+            "thread/resume", params, ThreadStartResult, timeout_s
+        )
+        return result
+
+    async def thread_inject_items(
+        self, params: InjectItemsParams, *, timeout_s: float = math.inf
+    ) -> None:
+        await self.peer.request("thread/inject_items", to_wire(params), timeout_s=timeout_s)
+
+    async def turn_start(
+        self, params: TurnStartParams, *, timeout_s: float = math.inf
+    ) -> TurnStartResult:
+        result: TurnStartResult = await self._call(
+            "turn/start", params, TurnStartResult, timeout_s
+        )
+        return result
+
+    async def turn_interrupt(
+        self, params: TurnInterruptParams, *, timeout_s: float = math.inf
+    ) -> None:
+        await self.peer.request("turn/interrupt", to_wire(params), timeout_s=timeout_s)

@@ -1,0 +1,270 @@
+"""The ASGI application: OpenAI-compatible endpoints over the turn multiplexer.
+
+Raw ASGI (no framework): the streaming path is the product, and owning it
+directly keeps per-chunk overhead to one ``send`` per burst of events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import trio
+
+from supervisor.multiplexer import TurnMultiplexer, TurnRefused
+from supervisor.turn import Turn
+
+from .chat import ChatRequest, parse_body, parse_chat_request
+from .errors import ApiError, error_type_for_status
+from .render import Aggregate, TurnRenderer
+from .sse import DONE, KEEPALIVE, ChunkEncoder
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+]
+#: Events rendered into one write at most; bounds a write's size and latency.
+_BATCH = 512
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: Any, extra_headers: list[Any] = []) -> None:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": _JSON_HEADERS + extra_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    headers: list[Any] = []
+    if error.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+    await _send_json(send, error.status, error.encode(), headers)
+
+
+def _refused(exc: TurnRefused) -> ApiError:
+    return ApiError(
+        exc.status,
+        exc.message,
+        type=error_type_for_status(exc.status),
+        code=exc.code,
+        retry_after_s=exc.retry_after_s,
+    )
+
+
+class BridgeApp:
+    """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``."""
+
+    def __init__(self, multiplexer: TurnMultiplexer, *, keepalive_interval_s: float = 15.0,
+                 max_request_body_bytes: int = 8 * 1024 * 1024) -> None:
+        self.mux = multiplexer
+        self.keepalive_interval_s = keepalive_interval_s
+        self.max_request_body_bytes = max_request_body_bytes
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat_completions,
+            ("GET", "/v1/models"): self._list_models,
+            ("GET", "/healthz"): self._healthz,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if path.startswith("/v1/models/") and scope["method"] == "GET":
+            handler: Callable[[Scope, Receive, Send], Awaitable[None]] | None = self._get_model
+        else:
+            handler = self._routes.get((scope["method"], path))
+        try:
+            if handler is None:
+                known = {p for (_, p) in self._routes}
+                if path in known:
+                    raise ApiError(405, f"method {scope['method']} is not allowed on {path}")
+                raise ApiError(404, f"no such endpoint: {scope['method']} {path}",
+                               code="unknown_url")
+            await handler(scope, receive, send)
+        except ApiError as exc:
+            await _send_error(send, exc)
+        except _ClientGone:
+            pass
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_body_bytes:
+                raise ApiError(413, f"the request body exceeds {self.max_request_body_bytes} bytes",
+                               code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- simple endpoints ----------------------------------------------------------
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pool = self.mux.pool
+        ready = len(pool.usable_children)
+        body = {"status": "ok" if ready else "unavailable", "children_ready": ready,
+                "children": pool.size}
+        if not ready:
+            body["reason"] = pool.unavailable_reason()
+        await _send_json(send, 200 if ready else 503, body)
+
+    async def _model_ids(self) -> list[str]:
+        try:
+            models = await self.mux.models()
+        except TurnRefused as exc:
+            raise _refused(exc) from exc
+        return [m.id for m in models if not m.hidden]
+
+    @staticmethod
+    def _model_object(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "codex"}
+
+    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ids = await self._model_ids()
+        await _send_json(send, 200, {"object": "list",
+                                     "data": [self._model_object(i) for i in ids]})
+
+    async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model_id = scope["path"][len("/v1/models/"):].rstrip("/")
+        await self._check_model(model_id)
+        await _send_json(send, 200, self._model_object(model_id))
+
+    async def _check_model(self, model: str) -> None:
+        try:
+            models = await self.mux.models()
+        except TurnRefused as exc:
+            raise _refused(exc) from exc
+        if not any(model in (m.id, m.model) for m in models):
+            raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+
+    # -- chat completions -----------------------------------------------------------
+
+    async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chat = parse_chat_request(parse_body(await self._read_body(receive)))
+        if chat.model is not None:
+            await self._check_model(chat.model)
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        async with trio.open_nursery() as nursery:
+            # A client that goes away cancels everything below, which makes
+            # open_turn interrupt the turn on its way out.
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            if chat.stream:
+                await self._stream(chat, completion_id, send)
+            else:
+                await self._complete(chat, completion_id, send)
+            nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
+
+    async def _stream(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
+        try:
+            async with self.mux.open_turn(chat.turn) as turn:
+                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                encoder = ChunkEncoder(completion_id, int(time.time()), chat.model or turn.model)
+                await send({"type": "http.response.body", "body": KEEPALIVE + encoder.role(),
+                            "more_body": True})
+                renderer = await self._pump(turn, encoder, send)
+        except TurnRefused as exc:
+            await _send_error(send, _refused(exc))
+            return
+        tail: list[bytes] = []
+        failure = renderer.failure()
+        if failure is not None:
+            tail.append(encoder.error(failure))
+        tail.append(encoder.finish(renderer.finish_reason()))
+        if chat.include_usage:
+            tail.append(encoder.usage(renderer.usage()))
+        tail.append(DONE)
+        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+
+    async def _pump(self, turn: Turn, encoder: ChunkEncoder, send: Send) -> TurnRenderer:
+        """Render the turn's events to SSE until its terminal event."""
+        renderer = TurnRenderer()
+        feed = renderer.feed
+        encode = encoder.piece
+        while True:
+            with trio.move_on_after(self.keepalive_interval_s) as silence:
+                event = await turn.next_event()
+            if silence.cancelled_caught:
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                continue
+            if event is None:
+                return renderer
+            frames = [encode(p) for p in feed(event)]
+            for more in turn.next_events_nowait(_BATCH):
+                frames.extend(encode(p) for p in feed(more))
+            if frames:
+                await send({"type": "http.response.body", "body": b"".join(frames),
+                            "more_body": True})
+
+    async def _complete(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
+        renderer = TurnRenderer()
+        aggregate = Aggregate()
+        try:
+            async with self.mux.open_turn(chat.turn) as turn:
+                model = chat.model or turn.model
+                async for event in turn:
+                    for piece in renderer.feed(event):
+                        aggregate.add(piece)
+        except TurnRefused as exc:
+            await _send_error(send, _refused(exc))
+            return
+        failure = renderer.failure()
+        if failure is not None:
+            await _send_error(send, ApiError(failure.status, failure.message, type=failure.type,
+                                             code=failure.code))
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
+        if aggregate.reasoning:
+            message["reasoning_content"] = aggregate.reasoning
+        await _send_json(send, 200, {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": renderer.finish_reason()}],
+            "usage": renderer.usage().to_openai(),
+        })

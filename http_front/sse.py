@@ -1,0 +1,83 @@
+"""OpenAI ``chat.completion.chunk`` frames as Server-Sent Events.
+
+The per-delta path is the hot one (tens of thousands of frames a second), so
+the constant part of every chunk is serialised once per stream and only the
+delta text goes through the JSON encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .render import Failure, Piece, Usage
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keepalive\n\n"
+
+
+class ChunkEncoder:
+    """Builds the SSE frames of one streamed completion."""
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        head = orjson.dumps(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+        )
+        # b'data: {"id":...,"model":"m","choices":[{"index":0,"delta":{'
+        self._head = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":{'
+        self._content_key = b'"content":'
+        self._reasoning_key = b'"reasoning_content":'
+        self._tail = b'},"finish_reason":null}]}\n\n'
+
+    def _chunk(self, extra: dict[str, Any]) -> bytes:
+        body = {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+        body.update(extra)
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def role(self) -> bytes:
+        return self._head + b'"role":"assistant","content":""' + self._tail
+
+    def piece(self, piece: Piece) -> bytes:
+        if piece.content and not piece.reasoning:
+            return self._head + self._content_key + orjson.dumps(piece.content) + self._tail
+        delta: dict[str, str] = {}
+        if piece.reasoning:
+            delta["reasoning_content"] = piece.reasoning
+        if piece.content:
+            delta["content"] = piece.content
+        return self._head + orjson.dumps(delta)[1:-1] + self._tail
+
+    def finish(self, finish_reason: str) -> bytes:
+        return self._chunk(
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
+        )
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._chunk({"choices": [], "usage": usage.to_openai()})
+
+    def error(self, failure: Failure) -> bytes:
+        return self._chunk(
+            {
+                "choices": [],
+                "error": {
+                    "message": failure.message,
+                    "type": failure.type,
+                    "param": None,
+                    "code": failure.code,
+                },
+            }
+        )

@@ -1,0 +1,257 @@
+"""One supervised ``codex app-server`` process.
+
+:meth:`Child.run` spawns the process in its own process group, speaks the
+handshake, reports itself started only once ``initialize`` has been answered,
+and on the way out — cancellation, a stop request, the process dying — always
+reaps it: close stdin, wait, SIGTERM the group, wait, SIGKILL the group, wait.
+Every turn still running on the child is failed with the exit reason, so no
+client waits on a dead process.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import attrs
+import trio
+
+from bridge.codex import ApprovalPolicy, CodexClient
+from bridge.framing import LineFramer
+from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError
+from bridge.protocol import ClientInfo
+
+from .turn import FailureKind, Turn
+
+log = logging.getLogger(__name__)
+
+_VERSION = "0.1.0"
+_API_KEY_VARIABLES = ("OPENAI_API_KEY", "CODEX_API_KEY")
+
+
+class ChildState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class ChildStartError(Exception):
+    """The child did not complete its handshake."""
+
+
+@attrs.frozen
+class ChildLaunch:
+    """How to start a child and talk to it."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    client_name: str = "codex_bridge"
+    codex_home: str = ""
+    startup_timeout_s: float = 30.0
+    stop_grace_s: float = 3.0
+    max_line_bytes: int = 16 * 1024 * 1024
+    approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE
+    approval_timeout_s: float = 30.0
+
+
+def not_authenticated_message(codex_home: str) -> str:
+    return (
+        "codex is not authenticated with OpenAI, so it cannot reach a model. "
+        f"On the server, run `CODEX_HOME={codex_home} codex login` (ChatGPT sign-in) or "
+        f"`printenv OPENAI_API_KEY | CODEX_HOME={codex_home} codex login --with-api-key`, "
+        "or configure a model provider in "
+        f"{codex_home}/config.toml; then retry the request."
+    )
+
+
+class Child:
+    """A codex app-server process and its JSON-RPC client.
+
+    Owned by the pool: start it with ``await nursery.start(child.run)``,
+    which returns once the child is initialized (or raises
+    :class:`ChildStartError`). ``run`` returns when the process exits or
+    :meth:`request_stop` is called; the process is reaped before it returns,
+    also when cancelled.
+    """
+
+    def __init__(self, name: str, launch: ChildLaunch) -> None:
+        self.name = name
+        self.launch = launch
+        self.state = ChildState.STARTING
+        self.turns: set[Turn] = set()
+        self.turns_served = 0
+        self.pid: int | None = None
+        self.exit_reason: str | None = None
+        self.auth_problem: str | None = None
+        self.started_at = time.monotonic()
+        self._stop = trio.Event()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._client: CodexClient | None = None
+
+    @property
+    def client(self) -> CodexClient:
+        if self._client is None:
+            raise PeerClosed(f"{self.name} is not running")
+        return self._client
+
+    @property
+    def usable(self) -> bool:
+        return self.state is ChildState.READY
+
+    @property
+    def active_turns(self) -> int:
+        return len(self.turns)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def check_auth(self) -> str | None:
+        """Ask codex whether it can reach its model; cache and return the problem."""
+        env = self.launch.env
+        result = await self.client.account_read(timeout_s=self.launch.startup_timeout_s)
+        has_key = any(env.get(var) for var in _API_KEY_VARIABLES)
+        if result.requires_openai_auth and result.account is None and not has_key:
+            self.auth_problem = not_authenticated_message(self.launch.codex_home)
+        else:
+            self.auth_problem = None
+        return self.auth_problem
+
+    async def run(self, *, task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED) -> None:
+        launch = self.launch
+        try:
+            process = await trio.lowlevel.open_process(
+                list(launch.argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(launch.env),
+                cwd=launch.cwd,
+                start_new_session=True,  # own process group: kill commands with it
+            )
+        except OSError as exc:
+            self.state = ChildState.STOPPED
+            self.exit_reason = f"cannot start {launch.argv[0]}: {exc}"
+            raise ChildStartError(self.exit_reason) from exc
+        self.pid = process.pid
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
+        peer = JsonRpcPeer(
+            process.stdin,
+            process.stdout,
+            name=self.name,
+            max_line_bytes=launch.max_line_bytes,
+            server_request_timeout_s=launch.approval_timeout_s,
+        )
+        self._client = CodexClient(peer, approval_policy=launch.approval_policy)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(peer.run)
+                nursery.start_soon(self._drain_stderr, process.stderr)
+                await self._handshake()
+                self.state = ChildState.READY
+                log.info("%s: ready (pid %d)", self.name, process.pid)
+                task_status.started(self)
+                async with trio.open_nursery() as watch:
+                    watch.start_soon(self._cancel_on, self._stop.wait, watch.cancel_scope)
+                    watch.start_soon(self._cancel_on, peer.wait_closed, watch.cancel_scope)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                code = await self._reap(process)
+                self.exit_reason = self._describe_exit(code)
+                peer.close(self.exit_reason)
+                self.state = ChildState.STOPPED
+                for turn in list(self.turns):
+                    turn.fail(FailureKind.CHILD_EXITED, f"codex app-server {self.exit_reason}")
+                log.info("%s: stopped, %s", self.name, self.exit_reason)
+
+    @staticmethod
+    async def _cancel_on(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    async def _handshake(self) -> None:
+        launch = self.launch
+        try:
+            with trio.fail_after(launch.startup_timeout_s):
+                await self.client.initialize(ClientInfo(launch.client_name, _VERSION, "codex-bridge"))
+                await self.check_auth()
+        except trio.TooSlowError as exc:
+            raise ChildStartError(
+                f"{self.name}: no answer to initialize within {launch.startup_timeout_s:g}s"
+            ) from exc
+        except (PeerClosed, RpcCallError) as exc:
+            tail = self.stderr_tail()
+            raise ChildStartError(
+                f"{self.name}: handshake failed: {exc}" + (f"; stderr: {tail}" if tail else "")
+            ) from exc
+
+    async def _drain_stderr(self, stream: trio.abc.ReceiveStream) -> None:
+        framer = LineFramer(64 * 1024)
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            for line in framer.feed(data):
+                if isinstance(line, bytes):
+                    text = line.decode("utf-8", "replace")
+                    self._stderr_tail.append(text)
+                    log.debug("%s stderr: %s", self.name, text)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        return " | ".join(list(self._stderr_tail)[-lines:])
+
+    def _describe_exit(self, code: int | None) -> str:
+        if self._stop.is_set():
+            return "stopped by the supervisor"
+        if code is None:
+            return "exit status unknown"
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        tail = self.stderr_tail()
+        return how + (f" (stderr: {tail})" if tail and code != 0 else "")
+
+    async def _reap(self, process: trio.Process) -> int | None:
+        """Stop the process group; always waits for the process to be reaped."""
+        grace = self.launch.stop_grace_s
+        if process.returncode is None:
+            assert process.stdin is not None
+            try:
+                await process.stdin.aclose()  # codex exits on EOF of stdin
+            except trio.BrokenResourceError:
+                pass
+            with trio.move_on_after(grace):
+                await process.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if process.returncode is not None:
+                break
+            log.warning("%s: sending %s to process group %d", self.name, sig.name, process.pid)
+            _killpg(process.pid, sig)
+            with trio.move_on_after(grace if sig is signal.SIGTERM else 10.0):
+                await process.wait()
+        # Commands codex started live in the same group; none may outlive it.
+        _killpg(process.pid, signal.SIGKILL)
+        return process.returncode
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,214 @@
+"""Service settings: defaults < TOML file < environment < command line.
+
+Every setting is a field of :class:`Settings`. Its environment variable is
+``CODEX_BRIDGE_`` + the upper-cased name (``pool_size`` →
+``CODEX_BRIDGE_POOL_SIZE``); its TOML key is the name itself, at top level.
+A bad value is refused with :class:`ConfigError`, whose message names the
+setting and where the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from bridge.codex import ApprovalPolicy
+
+ENV_PREFIX = "CODEX_BRIDGE_"
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot start with."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value!r}")
+
+
+def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port (0-65535), got {value!r}")
+
+
+def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise ValueError("must not be empty")
+
+
+def _default_codex_home() -> str:
+    return os.environ.get("CODEX_HOME") or str(Path.home() / ".codex")
+
+
+def _default_workspace() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "codex-bridge" / "workspace")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything the service can be told. Units are in the names."""
+
+    # HTTP front
+    host: str = attrs.field(default="127.0.0.1", validator=_non_empty)
+    port: int = attrs.field(default=8088, validator=_port)
+    keepalive_interval_s: float = attrs.field(default=15.0, validator=_positive)
+    max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+
+    # codex children
+    pool_size: int = attrs.field(default=2, validator=_positive)
+    codex_bin: str | None = None
+    codex_home: str = attrs.field(factory=_default_codex_home, validator=_non_empty)
+    workspace_dir: str = attrs.field(factory=_default_workspace, validator=_non_empty)
+    client_name: str = attrs.field(default="codex_bridge", validator=_non_empty)
+    startup_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    rpc_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    stop_grace_s: float = attrs.field(default=3.0, validator=_non_negative)
+    restart_backoff_initial_s: float = attrs.field(default=0.5, validator=_positive)
+    restart_backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
+    max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+
+    # turns
+    approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE
+    approval_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    default_model: str | None = None
+    max_turns_per_child: int = attrs.field(default=16, validator=_positive)
+    queue_size: int = attrs.field(default=64, validator=_non_negative)
+    queue_timeout_s: float = attrs.field(default=30.0, validator=_non_negative)
+    turn_idle_timeout_s: float = attrs.field(default=600.0, validator=_positive)
+    turn_timeout_s: float = attrs.field(default=3600.0, validator=_positive)
+    interrupt_grace_s: float = attrs.field(default=5.0, validator=_positive)
+    turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
+
+    log_level: str = attrs.field(default="info", validator=attrs.validators.in_(
+        ["debug", "info", "warning", "error"]))
+
+    @property
+    def codex_home_path(self) -> Path:
+        return Path(self.codex_home).expanduser()
+
+
+_CONVERTER = cattrs.Converter()
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _parse_env_value(raw: str, hint: Any) -> Any:
+    """Turn an environment string into a value of the field's type."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        if raw.strip() == "":
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    if hint is int:
+        return int(raw.strip())
+    if hint is float:
+        return float(raw.strip())
+    return raw
+
+
+def _structure_field(name: str, value: Any, hint: Any, source: str) -> Any:
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"invalid setting {name!r} (from {source}): expected a number")
+    if hint is int and isinstance(value, float):
+        raise ConfigError(f"invalid setting {name!r} (from {source}): expected an integer")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"invalid setting {name!r} (from {source}): expected a string")
+    try:
+        return _CONVERTER.structure(value, hint)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid setting {name!r} (from {source}): {exc}") from exc
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file, the environment and overrides.
+
+    ``overrides`` (from the command line) win over the environment, which wins
+    over the file. Unknown TOML keys and ``CODEX_BRIDGE_*`` variables that
+    name no setting are refused, so a typo never goes unnoticed.
+    """
+    environ = os.environ if environ is None else environ
+    hints = _hints()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = environ[ENV_PREFIX + "CONFIG"]
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        for key, value in data.items():
+            if key not in hints:
+                raise ConfigError(f"unknown setting {key!r} in config file {path}")
+            values[key] = _structure_field(key, value, hints[key], f"config file {path}")
+            sources[key] = f"config file {path}"
+
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        if var == ENV_PREFIX + "URL":  # used by the admin CLI, not a setting
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key not in hints:
+            raise ConfigError(f"unknown setting in environment variable {var}")
+        try:
+            parsed = _parse_env_value(raw, hints[key])
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting {key!r} (from {var}): {exc}") from exc
+        values[key] = _structure_field(key, parsed, hints[key], var)
+        sources[key] = var
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        values[key] = _structure_field(key, value, hints[key], flag)
+        sources[key] = flag
+
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        # attrs validators raise with the attribute available only in the
+        # message; find which setting failed by validating one at a time.
+        for key, value in values.items():
+            try:
+                Settings(**{key: value})
+            except ValueError as single:
+                raise ConfigError(
+                    f"invalid setting {key!r} (from {sources[key]}): {single}"
+                ) from exc
+        raise ConfigError(f"invalid settings: {exc}") from exc
