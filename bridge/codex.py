@@ -111,9 +111,12 @@ class CodexClient:
             self.on_approval(ApprovalDecision(request, str(answer["decision"])))
         return answer
 
-    async def _call(self, method: str, params: Any, result_type: type[Any], timeout_s: float) -> Any:
-        raw = await self.peer.request(method, to_wire(params) if params is not None else {},
-                                      timeout_s=timeout_s)
+    async def _call(
+        self, method: str, params: Any, result_type: type[Any], timeout_s: float
+    ) -> Any:
+        raw = await self.peer.request(
+            method, to_wire(params) if params is not None else {}, timeout_s=timeout_s
+        )
         return structure(raw, result_type)
 
     async def initialize(
@@ -170,9 +173,7 @@ class CodexClient:
     async def turn_start(
         self, params: TurnStartParams, *, timeout_s: float = math.inf
     ) -> TurnStartResult:
-        result: TurnStartResult = await self._call(
-            "turn/start", params, TurnStartResult, timeout_s
-        )
+        result: TurnStartResult = await self._call("turn/start", params, TurnStartResult, timeout_s)
         return result
 
     async def turn_interrupt(

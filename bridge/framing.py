@@ -33,7 +33,7 @@ class LineFramer:
     whatever the child writes.
     """
 
-    __slots__ = ("_buffer", "_discarding", "_discarded", "_scan_from", "max_line_bytes")
+    __slots__ = ("_buffer", "_discarded", "_discarding", "_scan_from", "max_line_bytes")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         if max_line_bytes <= 0:

@@ -87,9 +87,11 @@ def structure(data: Any, cls: type[Any]) -> Any:
     try:
         return CONVERTER.structure(data, cls)
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
-        reasons = "; ".join(cattrs.transform_error(exc)) if isinstance(
-            exc, cattrs.BaseValidationError
-        ) else str(exc)
+        reasons = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
         raise ProtocolError(f"unexpected shape for {cls.__name__}: {reasons}") from exc
 
 

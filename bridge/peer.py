@@ -9,6 +9,7 @@ waiting gets :class:`PeerClosed` with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -164,7 +165,9 @@ class JsonRpcPeer:
         reason = self._closed_reason or "connection closed"
         for slot in self._pending.values():
             if slot.outcome is None:
-                slot.outcome = PeerClosed(f"{self.name}: {reason} (while waiting for {slot.method})")
+                slot.outcome = PeerClosed(
+                    f"{self.name}: {reason} (while waiting for {slot.method})"
+                )
                 slot.done.set()
 
     # -- routing ------------------------------------------------------------
@@ -267,7 +270,9 @@ class JsonRpcPeer:
             message = decode_message(line)
         except ProtocolError as exc:
             self.protocol_errors += 1
-            log.warning("%s: ignored a line that is not JSON-RPC (%s): %.200r", self.name, exc, line)
+            log.warning(
+                "%s: ignored a line that is not JSON-RPC (%s): %.200r", self.name, exc, line
+            )
             return
         if isinstance(message, Notification):
             thread_id = message.params.get("threadId")
@@ -292,15 +297,17 @@ class JsonRpcPeer:
         except ServerRequestRefused as exc:
             reply = encode_error_response(request.id, exc.code, exc.message)
         except trio.TooSlowError:
-            log.warning("%s: no answer for %s within %.1fs, refusing it", self.name,
-                        request.method, self.server_request_timeout_s)
+            log.warning(
+                "%s: no answer for %s within %.1fs, refusing it",
+                self.name,
+                request.method,
+                self.server_request_timeout_s,
+            )
             reply = encode_error_response(
                 request.id, SERVER_REQUEST_FAILED, f"{request.method}: no decision in time"
             )
         except Exception as exc:
             log.exception("%s: handler for %s failed", self.name, request.method)
             reply = encode_error_response(request.id, SERVER_REQUEST_FAILED, str(exc))
-        try:
+        with contextlib.suppress(PeerClosed):
             await self._write(reply)
-        except PeerClosed:
-            pass

@@ -320,7 +320,10 @@ def _agent_delta(p: JsonObject) -> TurnEvent:
 def _summary_delta(p: JsonObject) -> TurnEvent:
     index = p.get("summaryIndex")
     return ReasoningDelta(
-        _str(p, "turnId"), _str(p, "itemId"), _str(p, "delta"), index if isinstance(index, int) else 0
+        _str(p, "turnId"),
+        _str(p, "itemId"),
+        _str(p, "delta"),
+        index if isinstance(index, int) else 0,
     )
 
 

@@ -44,10 +44,15 @@ class _ClientGone(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, body: Any, extra_headers: list[Any] = []) -> None:
+async def _send_json(
+    send: Send, status: int, body: Any, extra_headers: list[Any] | None = None
+) -> None:
+    if extra_headers is None:
+        extra_headers = []
     payload = body if isinstance(body, bytes) else orjson.dumps(body)
-    await send({"type": "http.response.start", "status": status,
-                "headers": _JSON_HEADERS + extra_headers})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": _JSON_HEADERS + extra_headers}
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -71,8 +76,13 @@ def _refused(exc: TurnRefused) -> ApiError:
 class BridgeApp:
     """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``."""
 
-    def __init__(self, multiplexer: TurnMultiplexer, *, keepalive_interval_s: float = 15.0,
-                 max_request_body_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        multiplexer: TurnMultiplexer,
+        *,
+        keepalive_interval_s: float = 15.0,
+        max_request_body_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self.mux = multiplexer
         self.keepalive_interval_s = keepalive_interval_s
         self.max_request_body_bytes = max_request_body_bytes
@@ -98,8 +108,9 @@ class BridgeApp:
                 known = {p for (_, p) in self._routes}
                 if path in known:
                     raise ApiError(405, f"method {scope['method']} is not allowed on {path}")
-                raise ApiError(404, f"no such endpoint: {scope['method']} {path}",
-                               code="unknown_url")
+                raise ApiError(
+                    404, f"no such endpoint: {scope['method']} {path}", code="unknown_url"
+                )
             await handler(scope, receive, send)
         except ApiError as exc:
             await _send_error(send, exc)
@@ -126,8 +137,11 @@ class BridgeApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_request_body_bytes:
-                raise ApiError(413, f"the request body exceeds {self.max_request_body_bytes} bytes",
-                               code="request_too_large")
+                raise ApiError(
+                    413,
+                    f"the request body exceeds {self.max_request_body_bytes} bytes",
+                    code="request_too_large",
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -137,8 +151,11 @@ class BridgeApp:
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         pool = self.mux.pool
         ready = len(pool.usable_children)
-        body = {"status": "ok" if ready else "unavailable", "children_ready": ready,
-                "children": pool.size}
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "children_ready": ready,
+            "children": pool.size,
+        }
         if not ready:
             body["reason"] = pool.unavailable_reason()
         await _send_json(send, 200 if ready else 503, body)
@@ -156,11 +173,12 @@ class BridgeApp:
 
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         ids = await self._model_ids()
-        await _send_json(send, 200, {"object": "list",
-                                     "data": [self._model_object(i) for i in ids]})
+        await _send_json(
+            send, 200, {"object": "list", "data": [self._model_object(i) for i in ids]}
+        )
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
-        model_id = scope["path"][len("/v1/models/"):].rstrip("/")
+        model_id = scope["path"][len("/v1/models/") :].rstrip("/")
         await self._check_model(model_id)
         await _send_json(send, 200, self._model_object(model_id))
 
@@ -170,8 +188,12 @@ class BridgeApp:
         except TurnRefused as exc:
             raise _refused(exc) from exc
         if not any(model in (m.id, m.model) for m in models):
-            raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
 
     # -- chat completions -----------------------------------------------------------
 
@@ -203,8 +225,13 @@ class BridgeApp:
             async with self.mux.open_turn(chat.turn) as turn:
                 await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
                 encoder = ChunkEncoder(completion_id, int(time.time()), chat.model or turn.model)
-                await send({"type": "http.response.body", "body": KEEPALIVE + encoder.role(),
-                            "more_body": True})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": KEEPALIVE + encoder.role(),
+                        "more_body": True,
+                    }
+                )
                 renderer = await self._pump(turn, encoder, send)
         except TurnRefused as exc:
             await _send_error(send, _refused(exc))
@@ -236,8 +263,9 @@ class BridgeApp:
             for more in turn.next_events_nowait(_BATCH):
                 frames.extend(encode(p) for p in feed(more))
             if frames:
-                await send({"type": "http.response.body", "body": b"".join(frames),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+                )
 
     async def _complete(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
         renderer = TurnRenderer()
@@ -253,18 +281,25 @@ class BridgeApp:
             return
         failure = renderer.failure()
         if failure is not None:
-            await _send_error(send, ApiError(failure.status, failure.message, type=failure.type,
-                                             code=failure.code))
+            await _send_error(
+                send,
+                ApiError(failure.status, failure.message, type=failure.type, code=failure.code),
+            )
             return
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
-        await _send_json(send, 200, {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": renderer.finish_reason()}],
-            "usage": renderer.usage().to_openai(),
-        })
+        await _send_json(
+            send,
+            200,
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": renderer.finish_reason()}
+                ],
+                "usage": renderer.usage().to_openai(),
+            },
+        )

@@ -22,8 +22,13 @@ REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhig
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Accepted for compatibility, and ignored: codex decides sampling itself.
 _NUMBER_FIELDS = (
-    "temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
-    "max_completion_tokens", "seed",
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
 )
 
 
@@ -162,9 +167,7 @@ def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
             conversation.append((role, text))
 
     if not conversation or conversation[-1][0] != "user":
-        raise bad_request(
-            "the last non-system message must come from the user", param="messages"
-        )
+        raise bad_request("the last non-system message must come from the user", param="messages")
     prompt = conversation[-1][1]
     if not prompt.strip():
         raise bad_request(

@@ -173,7 +173,13 @@ class TurnRenderer:
 
 def classify_failure(message: str, info: Any) -> Failure:
     """Map codex's error info to an OpenAI-style error."""
-    key = info if isinstance(info, str) else next(iter(info), None) if isinstance(info, dict) else None
+    key = (
+        info
+        if isinstance(info, str)
+        else next(iter(info), None)
+        if isinstance(info, dict)
+        else None
+    )
     if key == "usageLimitExceeded":
         return Failure(message, "insufficient_quota", "insufficient_quota", 429)
     if key == "responseTooManyFailedAttempts" and isinstance(info, dict):

@@ -62,9 +62,7 @@ class ChunkEncoder:
         return self._head + orjson.dumps(delta)[1:-1] + self._tail
 
     def finish(self, finish_reason: str) -> bytes:
-        return self._chunk(
-            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
-        )
+        return self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
 
     def usage(self, usage: Usage) -> bytes:
         return self._chunk({"choices": [], "usage": usage.to_openai()})

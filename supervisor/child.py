@@ -11,6 +11,7 @@ client waits on a dead process.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import os
@@ -24,7 +25,7 @@ import trio
 
 from bridge.codex import ApprovalPolicy, CodexClient
 from bridge.framing import LineFramer
-from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError
+from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo
 
 from .turn import FailureKind, Turn
@@ -60,6 +61,8 @@ class ChildLaunch:
     max_line_bytes: int = 16 * 1024 * 1024
     approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE
     approval_timeout_s: float = 30.0
+    #: Sees every line both ways (the transcript recorder uses it).
+    tap: Tap | None = None
 
 
 def not_authenticated_message(codex_home: str) -> str:
@@ -141,7 +144,8 @@ class Child:
             self.exit_reason = f"cannot start {launch.argv[0]}: {exc}"
             raise ChildStartError(self.exit_reason) from exc
         self.pid = process.pid
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         assert process.stderr is not None
         peer = JsonRpcPeer(
             process.stdin,
@@ -149,6 +153,7 @@ class Child:
             name=self.name,
             max_line_bytes=launch.max_line_bytes,
             server_request_timeout_s=launch.approval_timeout_s,
+            tap=launch.tap,
         )
         self._client = CodexClient(peer, approval_policy=launch.approval_policy)
         try:
@@ -182,7 +187,9 @@ class Child:
         launch = self.launch
         try:
             with trio.fail_after(launch.startup_timeout_s):
-                await self.client.initialize(ClientInfo(launch.client_name, _VERSION, "codex-bridge"))
+                await self.client.initialize(
+                    ClientInfo(launch.client_name, _VERSION, "codex-bridge")
+                )
                 await self.check_auth()
         except trio.TooSlowError as exc:
             raise ChildStartError(
@@ -232,10 +239,8 @@ class Child:
         grace = self.launch.stop_grace_s
         if process.returncode is None:
             assert process.stdin is not None
-            try:
+            with contextlib.suppress(trio.BrokenResourceError):
                 await process.stdin.aclose()  # codex exits on EOF of stdin
-            except trio.BrokenResourceError:
-                pass
             with trio.move_on_after(grace):
                 await process.wait()
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -251,7 +256,5 @@ class Child:
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -39,8 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SETTING_FLAGS = ("host", "port", "pool_size", "codex_bin", "codex_home", "workspace_dir",
-                  "default_model", "log_level")
+_SETTING_FLAGS = (
+    "host",
+    "port",
+    "pool_size",
+    "codex_bin",
+    "codex_home",
+    "workspace_dir",
+    "default_model",
+    "log_level",
+)
 
 
 def _fail(message: str) -> int:
@@ -68,8 +76,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         trio.run(partial(run_service, settings, launch=launch, handle_signals=True))
     except* OSError as group:
-        exc = group.exceptions[0]
-        failure = f"cannot serve on {settings.host}:{settings.port}: {exc}"
+        failure = f"cannot serve on {settings.host}:{settings.port}: {group.exceptions[0]}"
     return _fail(failure) if failure else 0
 
 

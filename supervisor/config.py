@@ -93,8 +93,9 @@ class Settings:
     interrupt_grace_s: float = attrs.field(default=5.0, validator=_positive)
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
 
-    log_level: str = attrs.field(default="info", validator=attrs.validators.in_(
-        ["debug", "info", "warning", "error"]))
+    log_level: str = attrs.field(
+        default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"])
+    )
 
     @property
     def codex_home_path(self) -> Path:
@@ -182,7 +183,7 @@ def load_settings(
             continue
         if var == ENV_PREFIX + "URL":  # used by the admin CLI, not a setting
             continue
-        key = var[len(ENV_PREFIX):].lower()
+        key = var[len(ENV_PREFIX) :].lower()
         if key not in hints:
             raise ConfigError(f"unknown setting in environment variable {var}")
         try:

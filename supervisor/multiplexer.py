@@ -287,7 +287,9 @@ class TurnMultiplexer:
             if isinstance(exc, RpcCallError):
                 raise CodexRejected(f"codex refused the turn: {exc.message}") from exc
             if isinstance(exc, trio.TooSlowError):
-                raise NoChildAvailable(f"{child.name} did not start the turn in {timeout:g}s") from exc
+                raise NoChildAvailable(
+                    f"{child.name} did not start the turn in {timeout:g}s"
+                ) from exc
             raise
         turn.turn_id = result.turn.id
         return turn
@@ -306,6 +308,10 @@ class TurnMultiplexer:
             except (PeerClosed, RpcCallError) as exc:
                 log.info("%s: interrupt of %s: %s", child.name, turn.turn_id, exc)
         if not turn.finished:
-            log.warning("%s: turn %s did not end within %.1fs of its interrupt",
-                        child.name, turn.turn_id, self.interrupt_grace_s)
+            log.warning(
+                "%s: turn %s did not end within %.1fs of its interrupt",
+                child.name,
+                turn.turn_id,
+                self.interrupt_grace_s,
+            )
         turn.fail(FailureKind.CANCELLED, "the turn was interrupted")

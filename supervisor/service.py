@@ -13,7 +13,6 @@ import os
 import signal
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any, cast
 
 import attrs
@@ -84,8 +83,8 @@ async def run_service(
     """Run until shut down; started once the pool is warm and the port open."""
     if launch is None:
         launch = child_launch(settings)
-    Path(settings.workspace_dir).mkdir(parents=True, exist_ok=True)
-    Path(settings.codex_home_path).mkdir(parents=True, exist_ok=True)
+    await trio.Path(settings.workspace_dir).mkdir(parents=True, exist_ok=True)
+    await trio.Path(settings.codex_home_path).mkdir(parents=True, exist_ok=True)
     pool = Pool(
         settings.pool_size,
         launch,
@@ -126,8 +125,9 @@ async def run_service(
             binds: list[str] = await server.start(
                 # BridgeApp speaks plain ASGI dicts; hypercorn's TypedDict
                 # signature is structurally the same thing.
-                partial(hypercorn.trio.serve, cast(Any, app), config,
-                        shutdown_trigger=shutdown.wait)
+                partial(
+                    hypercorn.trio.serve, cast("Any", app), config, shutdown_trigger=shutdown.wait
+                )
             )
             log.info("serving on %s", binds[0])
             task_status.started(ServiceHandle(binds[0], pool, multiplexer, shutdown))

@@ -106,8 +106,10 @@ class Turn:
         if method in _IGNORED_METHODS:
             return
         parser = TURN_EVENT_PARSERS.get(method)
-        event = parser(notification.params) if parser is not None else OtherEvent(
-            method, notification.params
+        event = (
+            parser(notification.params)
+            if parser is not None
+            else OtherEvent(method, notification.params)
         )
         if isinstance(event, TurnCompleted):
             if self.turn_id and event.turn_id and event.turn_id != self.turn_id:

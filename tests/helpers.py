@@ -1,0 +1,144 @@
+"""Shared test machinery: running the service, reading SSE, process checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import trio
+
+from fixtures.transcript import transcript_path
+from supervisor.child import ChildLaunch
+from supervisor.config import Settings
+from supervisor.service import ServiceHandle, run_service
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "pool_size": 1,
+        "codex_home": str(tmp_path / "codex-home"),
+        "workspace_dir": str(tmp_path / "workspace"),
+        "keepalive_interval_s": 5.0,
+        "restart_backoff_initial_s": 0.05,
+        "stop_grace_s": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class LineLog:
+    """A peer tap keeping every line both ways, for assertions."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, direction: str, line: bytes) -> None:
+        self.lines.append((direction, orjson.loads(line)))
+
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        return [m for d, m in self.lines if d == "out" and m.get("method") == method]
+
+
+def replay_launch(name: str, *, tap: LineLog | None = None, **kwargs: Any) -> ChildLaunch:
+    return ChildLaunch(
+        argv=(sys.executable, "-m", "fixtures.replay_child", str(transcript_path(name))),
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=str(REPO_ROOT),
+        stop_grace_s=2.0,
+        tap=tap,
+        **kwargs,
+    )
+
+
+def _proc_stat(pid: str) -> tuple[int, int] | None:
+    """(ppid, pgid) of a process, or None if it vanished."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[2])
+
+
+def leftover_processes(pgids: set[int]) -> list[int]:
+    """Children of this test process (zombies included) and members of ``pgids``."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        stat = _proc_stat(entry)
+        if stat is not None and (stat[0] == me or stat[1] in pgids):
+            found.append(int(entry))
+    return found
+
+
+@attrs.define
+class RunningService:
+    handle: ServiceHandle
+    client: httpx.AsyncClient
+    pgids: set[int]
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings, launch: ChildLaunch | None = None
+) -> AsyncIterator[RunningService]:
+    """Run the whole service; on exit stop it and prove no process is left."""
+    pgids: set[int] = set()
+    async with trio.open_nursery() as nursery:
+        handle: ServiceHandle = await nursery.start(
+            lambda task_status: run_service(settings, launch=launch, task_status=task_status)
+        )
+        async with httpx.AsyncClient(base_url=handle.url, timeout=30) as client:
+            service = RunningService(handle, client, pgids)
+            try:
+                yield service
+            finally:
+                pgids.update(c.pid for c in handle.pool.children if c.pid is not None)
+                handle.shutdown()
+    assert leftover_processes(pgids) == [], "a child process outlived the service"
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    """Parse an SSE body into its data payloads ([DONE] kept as the string)."""
+    events: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        for line in block.split("\n"):
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append(data if data == "[DONE]" else orjson.loads(data))
+    return events
+
+
+def content_of(events: list[Any]) -> str:
+    return "".join(
+        choice["delta"].get("content") or ""
+        for event in events
+        if isinstance(event, dict)
+        for choice in event.get("choices", [])
+    )
+
+
+def chat_body(text: str, *, stream: bool = True, **extra: Any) -> Mapping[str, Any]:
+    return {
+        "model": extra.pop("model", "scripted-model"),
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
