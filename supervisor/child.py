@@ -28,6 +28,7 @@ from bridge.framing import LineFramer
 from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo
 
+from .reaper import MANAGED_PIDS, descendants, kill_descendants
 from .turn import FailureKind, Turn
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Child:
             self.exit_reason = f"cannot start {launch.argv[0]}: {exc}"
             raise ChildStartError(self.exit_reason) from exc
         self.pid = process.pid
+        MANAGED_PIDS.add(process.pid)
         assert process.stdin is not None
         assert process.stdout is not None
         assert process.stderr is not None
@@ -171,6 +173,7 @@ class Child:
         finally:
             with trio.CancelScope(shield=True):
                 code = await self._reap(process)
+                MANAGED_PIDS.discard(process.pid)
                 self.exit_reason = self._describe_exit(code)
                 peer.close(self.exit_reason)
                 self.state = ChildState.STOPPED
@@ -237,6 +240,9 @@ class Child:
     async def _reap(self, process: trio.Process) -> int | None:
         """Stop the process group; always waits for the process to be reaped."""
         grace = self.launch.stop_grace_s
+        # Seen now, while codex is alive: some run in sessions of their own,
+        # out of reach of the group kill below.
+        family = descendants(process.pid)
         if process.returncode is None:
             assert process.stdin is not None
             with contextlib.suppress(trio.BrokenResourceError):
@@ -252,6 +258,9 @@ class Child:
                 await process.wait()
         # Commands codex started live in the same group; none may outlive it.
         _killpg(process.pid, signal.SIGKILL)
+        left = await kill_descendants(family, timeout_s=grace + 1.0)
+        if left:
+            log.warning("%s: processes %s of its group outlived it", self.name, left)
         return process.returncode
 
 

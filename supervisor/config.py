@@ -80,6 +80,8 @@ class Settings:
     restart_backoff_initial_s: float = attrs.field(default=0.5, validator=_positive)
     restart_backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    #: Adopt and reap orphans of codex's own subprocesses (Linux).
+    subreaper: bool = True
 
     # turns
     approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE

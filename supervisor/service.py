@@ -27,6 +27,7 @@ from .codex_binary import find_codex_binary
 from .config import Settings
 from .multiplexer import TurnMultiplexer
 from .pool import Pool
+from .reaper import OrphanReaper, enable_subreaper, reap_all_orphans
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ async def run_service(
     """Run until shut down; started once the pool is warm and the port open."""
     if launch is None:
         launch = child_launch(settings)
+    reaping = settings.subreaper and enable_subreaper()
     await trio.Path(settings.workspace_dir).mkdir(parents=True, exist_ok=True)
     await trio.Path(settings.codex_home_path).mkdir(parents=True, exist_ok=True)
     pool = Pool(
@@ -119,6 +121,8 @@ async def run_service(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_stop_on_signal, shutdown)
+        if reaping:
+            nursery.start_soon(OrphanReaper().run)
         await nursery.start(pool.run)
         log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
         async with trio.open_nursery() as server:
@@ -135,6 +139,10 @@ async def run_service(
         # graceful period). Cancelling the pool stops and reaps every child.
         log.info("HTTP server stopped; stopping the pool")
         nursery.cancel_scope.cancel()
+    if reaping:
+        left = await reap_all_orphans()
+        if left:
+            log.warning("processes %s outlived the pool", left)
 
 
 async def _stop_on_signal(shutdown: trio.Event) -> None:

@@ -84,6 +84,18 @@ def leftover_processes(pgids: set[int]) -> list[int]:
     return found
 
 
+def describe_processes(pids: list[int]) -> list[str]:
+    described = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = " ".join(Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[:4])
+        except OSError:
+            continue
+        described.append(f"{pid} [{state}] {cmdline.decode(errors='replace')[:120]}")
+    return described
+
+
 @attrs.define
 class RunningService:
     handle: ServiceHandle
@@ -112,7 +124,8 @@ async def running_service(
             finally:
                 pgids.update(c.pid for c in handle.pool.children if c.pid is not None)
                 handle.shutdown()
-    assert leftover_processes(pgids) == [], "a child process outlived the service"
+    left = leftover_processes(pgids)
+    assert not left, f"processes outlived the service: {describe_processes(left)}"
 
 
 def sse_events(raw: bytes) -> list[Any]:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import trio
 
-from fixtures.codex_home import BUNDLED_CODEX_BIN, MODEL_SLUG, write_codex_home
+from fixtures.codex_home import MODEL_SLUG, write_codex_home
 from fixtures.scenarios import DROP_TEXT, PLAIN_TEXT, REASONING_PARTS, words
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
 
@@ -30,23 +30,7 @@ TURN_TIMEOUT_S = 60
 EXIT_GRACE_S = 5
 
 
-def find_codex_bin() -> Path | None:
-    configured = os.environ.get("CODEX_BRIDGE_CODEX_BIN")
-    for candidate in (Path(configured) if configured else None, BUNDLED_CODEX_BIN):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    return None
-
-
-CODEX_BIN = find_codex_bin()
-
-pytestmark = [
-    pytest.mark.real_codex,
-    pytest.mark.skipif(
-        CODEX_BIN is None,
-        reason="no codex binary: set CODEX_BRIDGE_CODEX_BIN or run npm ci",
-    ),
-]
+pytestmark = pytest.mark.real_codex
 
 Message = dict[str, Any]
 
@@ -170,8 +154,9 @@ def open_log(path: Path) -> BinaryIO:
 
 
 @asynccontextmanager
-async def codex_app_server(tmp_path: Path, **home_options: Any) -> AsyncIterator[CodexRig]:
-    assert CODEX_BIN is not None
+async def codex_app_server(
+    tmp_path: Path, codex_bin: Path, **home_options: Any
+) -> AsyncIterator[CodexRig]:
     home, workdir = tmp_path / "codex-home", tmp_path / "work"
     workdir.mkdir()
     async with run_scripted_model() as model_server:
@@ -180,7 +165,7 @@ async def codex_app_server(tmp_path: Path, **home_options: Any) -> AsyncIterator
         stderr_path = tmp_path / "codex.stderr"
         with open_log(stderr_path) as stderr:
             process = await trio.lowlevel.open_process(
-                [str(CODEX_BIN), "app-server"],
+                [str(codex_bin), "app-server"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -198,8 +183,8 @@ async def codex_app_server(tmp_path: Path, **home_options: Any) -> AsyncIterator
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[CodexRig]:
-    async with codex_app_server(tmp_path) as running:
+async def rig(tmp_path: Path, codex_bin: Path) -> AsyncIterator[CodexRig]:
+    async with codex_app_server(tmp_path, codex_bin) as running:
         yield running
 
 

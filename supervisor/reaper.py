@@ -1,0 +1,160 @@
+"""Leave no process behind: descendant kills and orphan reaping.
+
+codex starts processes of its own (shell snapshots, sandboxed commands), some
+in sessions or process groups of their own, so killing the child's process
+group is not enough. Two measures close the gap:
+
+* The service makes itself a *child subreaper* (Linux
+  ``PR_SET_CHILD_SUBREAPER``): every orphaned descendant of a codex child is
+  re-parented to the service instead of PID 1 — which in a container may be a
+  minimal init that never reaps — and :class:`OrphanReaper` reaps it.
+* When a child stops, :func:`kill_descendants` kills what is left of the
+  descendants seen just before it stopped.
+
+Direct children of the service are spawned by the pool and reaped by Trio;
+they are registered in :data:`MANAGED_PIDS` so the orphan reaper never takes
+an exit status Trio is waiting for. The service process must not spawn other
+children of its own outside the pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+_HAS_PROC = Path("/proc/self/stat").exists()
+
+#: Direct children whose exit status belongs to Trio (see the module doc).
+MANAGED_PIDS: set[int] = set()
+
+
+def enable_subreaper() -> bool:
+    """Become the reaper of our descendants' orphans (Linux); True on success."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+            return False
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot become a child subreaper: %s", exc)
+        return False
+    return True
+
+
+def _processes() -> dict[int, tuple[str, int]]:
+    """pid -> (state, ppid) for every process we can see."""
+    table: dict[int, tuple[str, int]] = {}
+    if not _HAS_PROC:
+        return table
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry)] = (fields[0], int(fields[1]))
+    return table
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (children, grandchildren, …)."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in _processes().items():
+        children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    stack = list(children.get(root, ()))
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def _reap(pid: int) -> bool:
+    """Collect the exit status of our zombie ``pid`` (never blocks)."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return reaped == pid
+
+
+def reap_orphans() -> list[int]:
+    """Reap zombies re-parented to us (not the pool's own children)."""
+    me = os.getpid()
+    reaped = []
+    for pid, (state, ppid) in _processes().items():
+        if ppid == me and state == "Z" and pid not in MANAGED_PIDS and _reap(pid):
+            reaped.append(pid)
+    return reaped
+
+
+async def kill_descendants(
+    pids: list[int], *, timeout_s: float = 2.0, adopt_orphans: bool = False
+) -> list[int]:
+    """SIGKILL the given former descendants and their offspring; reap them.
+
+    The set grows as it is watched: a child forked by a dying member joins
+    it, and with ``adopt_orphans`` so does every process re-parented to us.
+    A given pid is trusted only while it is parented to us (the subreaper) or
+    to another member, which a recycled pid would not be. Returns the pids
+    still present after ``timeout_s``.
+    """
+    me = os.getpid()
+    family = set(pids)
+    remaining: list[int] = []
+    with trio.move_on_after(timeout_s):
+        while True:
+            table = _processes()
+            for pid, (_, ppid) in table.items():
+                if (ppid in family or (adopt_orphans and ppid == me)) and pid not in MANAGED_PIDS:
+                    family.add(pid)
+            family = {pid for pid in family if pid in table}
+            remaining = sorted(family)
+            if not remaining:
+                return []
+            for pid in remaining:
+                state, ppid = table[pid]
+                if ppid != me and ppid not in family:
+                    continue  # not (yet) ours: maybe still being re-parented
+                if state != "Z":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                elif ppid == me:
+                    _reap(pid)
+            await trio.sleep(0.01)
+    return remaining
+
+
+class OrphanReaper:
+    """Reaps orphans re-parented to the service, every ``interval_s``."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.reaped = 0
+
+    async def run(self) -> None:
+        while True:
+            self.reaped += len(reap_orphans())
+            await trio.sleep(self.interval_s)
+
+
+async def reap_all_orphans(*, timeout_s: float = 2.0) -> list[int]:
+    """At shutdown: every non-pool child of ours is an orphan of a codex
+    child; kill and reap them and whatever they still spawn. Returns those
+    left after ``timeout_s``."""
+    return await kill_descendants([], timeout_s=timeout_s, adopt_orphans=True)

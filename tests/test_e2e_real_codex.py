@@ -1,0 +1,255 @@
+"""End to end: HTTP → service → pool of real codex children → scripted model.
+
+Clients are the `openai` SDK (streaming and not) and raw httpx SSE parsing.
+Every test ends by stopping the service and checking that no child process
+survived it (tests.helpers.running_service).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import trio
+
+from fixtures.codex_home import write_codex_home
+from fixtures.scenarios import PLAIN_TEXT
+from fixtures.scripted_model import ScriptedModelServer
+from supervisor.service import child_launch
+from tests.helpers import (
+    RunningService,
+    chat_body,
+    content_of,
+    make_settings,
+    running_service,
+    sse_events,
+)
+
+pytestmark = pytest.mark.real_codex
+
+TIMEOUT_S = 60
+
+
+@asynccontextmanager
+async def real_service(
+    tmp_path: Path, codex_bin: Path, model: ScriptedModelServer | None, **settings: Any
+) -> AsyncIterator[RunningService]:
+    """The service with real children; pointed at ``model`` when given,
+    else with a bare CODEX_HOME and no credentials at all."""
+    config = make_settings(tmp_path, codex_bin=str(codex_bin), **settings)
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "CODEX_API_KEY")}
+    if model is not None:
+        environ.update(write_codex_home(config.codex_home_path, model.base_url))
+    async with running_service(config, child_launch(config, environ=environ)) as service:
+        yield service
+
+
+def sdk(service: RunningService) -> openai.OpenAI:
+    return openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
+
+
+async def test_streaming_with_the_openai_sdk(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+
+            def run() -> list[Any]:
+                stream = sdk(svc).chat.completions.create(
+                    model="scripted-model",
+                    messages=[{"role": "user", "content": "[scenario:words n=30] count"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                return list(stream)
+
+            chunks = await trio.to_thread.run_sync(run)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == [f"w{i}" for i in range(1, 31)]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert usage is not None
+    (request,) = scripted_model.model.requests
+    # the scripted model counts one output token per delta, and derives the
+    # prompt tokens from the body codex sent it (44 KB of codex's own prompt)
+    assert usage.completion_tokens == 30
+    assert usage.prompt_tokens > 1000
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert request.scenario == "words"
+
+
+async def test_non_streaming_with_the_openai_sdk(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+
+            def run() -> Any:
+                return sdk(svc).chat.completions.create(
+                    model="scripted-model",
+                    messages=[
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "[scenario:plain] hello"},
+                    ],
+                )
+
+            completion = await trio.to_thread.run_sync(run)
+    assert completion.choices[0].message.content == PLAIN_TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+    # the system message reached the model as a developer message
+    body = scripted_model.model.requests[0].body
+    developer = [
+        part["text"]
+        for item in body["input"]
+        if item.get("role") == "developer"
+        for part in item["content"]
+    ]
+    assert any("Be brief." in text for text in developer)
+
+
+async def test_history_is_replayed_to_the_model(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    messages = [
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "[scenario:plain] what is my name?"},
+    ]
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                json={"model": "scripted-model", "stream": True, "messages": messages},
+            )
+    assert content_of(sse_events(response.content)) == PLAIN_TEXT
+    (request,) = scripted_model.model.requests
+    texts = [
+        (item["role"], part["text"])
+        for item in request.body["input"]
+        if item.get("type") == "message" and item.get("role") in ("user", "assistant")
+        for part in item["content"]
+        if not part["text"].startswith("<")  # codex's own <environment_context>
+    ]
+    assert texts == [
+        ("user", "my name is Ada"),
+        ("assistant", "Nice to meet you, Ada."),
+        ("user", "[scenario:plain] what is my name?"),
+    ]
+
+
+async def test_raw_sse_stream(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("[scenario:words n=12] go")
+            )
+    assert response.status_code == 200
+    assert response.text.startswith(": keepalive\n\n")
+    events = sse_events(response.content)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert content_of(events).split() == [f"w{i}" for i in range(1, 13)]
+    assert all("usage" not in e for e in events[:-1])
+
+
+async def test_client_disconnect_interrupts_the_turn(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    model = scripted_model.model
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            cut_before = model.streams_cut_by_client
+            deltas = 0
+            async with svc.client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=chat_body("[scenario:slow deltas=100 delay_ms=50] a long story"),
+            ) as response:
+                async for line in response.aiter_lines():
+                    if '"content":"w' in line or (
+                        '"content":"' in line and '"content":""' not in line
+                    ):
+                        deltas += 1
+                        if deltas == 2:
+                            break
+            # the bridge interrupts the turn; codex drops the model stream
+            await model.wait_stream_cut(cut_before)
+            assert model.streams_finished == 0
+            child = svc.handle.pool.children[0]
+            while svc.handle.multiplexer.load(child):
+                await svc.handle.pool.wait_changed()
+            assert child.usable
+            # the child is healthy: the next request is served normally
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("[scenario:plain] again", stream=False)
+            )
+            assert response.json()["choices"][0]["message"]["content"] == PLAIN_TEXT
+
+
+async def test_concurrent_streams_spread_over_the_pool(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    results: dict[int, str] = {}
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model, pool_size=2) as svc:
+
+            async def one(i: int) -> None:
+                response = await svc.client.post(
+                    "/v1/chat/completions",
+                    json=chat_body(f"[scenario:slow deltas=8 delay_ms=40] request {i}"),
+                )
+                results[i] = content_of(sse_events(response.content))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(one, i)
+            served = [c.turns_served for c in svc.handle.pool.children]
+    assert all(text.split() == [f"w{n}" for n in range(1, 9)] for text in results.values())
+    assert len(results) == 6
+    assert sorted(served) == [3, 3]  # least busy first
+
+
+async def test_models_come_from_codex(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            models = (await svc.client.get("/v1/models")).json()
+            unknown = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("hi", model="gpt-unknown")
+            )
+    assert [m["id"] for m in models["data"]] == ["scripted-model"]
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    assert scripted_model.model.requests == []
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_without_credentials_a_request_gets_a_clear_error(
+    tmp_path: Path, codex_bin: Path, stream: bool
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, None) as svc:
+            health = await svc.client.get("/healthz")
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                json={"stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+            )
+    assert health.status_code == 200  # the service itself is up
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "codex_not_authenticated"
+    assert "codex login" in error["message"]
+    assert str(tmp_path / "codex-home") in error["message"]
