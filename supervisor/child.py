@@ -158,17 +158,24 @@ class Child:
             tap=launch.tap,
         )
         self._client = CodexClient(peer, approval_policy=launch.approval_policy)
+        # Raised after the process is reaped, and outside the nursery so the
+        # pool's ``nursery.start`` sees it as is, not inside an ExceptionGroup.
+        start_error: ChildStartError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(peer.run)
                 nursery.start_soon(self._drain_stderr, process.stderr)
-                await self._handshake()
-                self.state = ChildState.READY
-                log.info("%s: ready (pid %d)", self.name, process.pid)
-                task_status.started(self)
-                async with trio.open_nursery() as watch:
-                    watch.start_soon(self._cancel_on, self._stop.wait, watch.cancel_scope)
-                    watch.start_soon(self._cancel_on, peer.wait_closed, watch.cancel_scope)
+                try:
+                    await self._handshake()
+                except ChildStartError as exc:
+                    start_error = exc
+                else:
+                    self.state = ChildState.READY
+                    log.info("%s: ready (pid %d)", self.name, process.pid)
+                    task_status.started(self)
+                    async with trio.open_nursery() as watch:
+                        watch.start_soon(self._cancel_on, self._stop.wait, watch.cancel_scope)
+                        watch.start_soon(self._cancel_on, peer.wait_closed, watch.cancel_scope)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -180,6 +187,8 @@ class Child:
                 for turn in list(self.turns):
                     turn.fail(FailureKind.CHILD_EXITED, f"codex app-server {self.exit_reason}")
                 log.info("%s: stopped, %s", self.name, self.exit_reason)
+        if start_error is not None:
+            raise start_error
 
     @staticmethod
     async def _cancel_on(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
@@ -249,16 +258,18 @@ class Child:
                 await process.stdin.aclose()  # codex exits on EOF of stdin
             with trio.move_on_after(grace):
                 await process.wait()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if process.returncode is not None:
-                break
-            log.warning("%s: sending %s to process group %d", self.name, sig.name, process.pid)
-            _killpg(process.pid, sig)
-            with trio.move_on_after(grace if sig is signal.SIGTERM else 10.0):
+        if process.returncode is None:
+            log.warning("%s: did not exit on EOF; sending SIGTERM to its group", self.name)
+            _killpg(process.pid, signal.SIGTERM)
+            with trio.move_on_after(grace):
                 await process.wait()
+        if process.returncode is None:
+            log.warning("%s: did not exit on SIGTERM; sending SIGKILL to its group", self.name)
+            _killpg(process.pid, signal.SIGKILL)
+            await process.wait()  # SIGKILL cannot be refused: wait for the reaping
         # Commands codex started live in the same group; none may outlive it.
         _killpg(process.pid, signal.SIGKILL)
-        left = await kill_descendants(family, timeout_s=grace + 1.0)
+        left = await kill_descendants(family, groups={process.pid}, timeout_s=grace + 1.0)
         if left:
             log.warning("%s: processes %s of its group outlived it", self.name, left)
         return process.returncode

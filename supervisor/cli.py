@@ -56,7 +56,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -71,7 +71,7 @@ def serve(args: argparse.Namespace) -> int:
         launch = child_launch(settings)
     except (ConfigError, CodexBinaryNotFound) as exc:
         return _fail(str(exc))
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     failure: str | None = None
     try:
         trio.run(partial(run_service, settings, launch=launch, handle_signals=True))

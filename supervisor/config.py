@@ -134,13 +134,27 @@ def _parse_env_value(raw: str, hint: Any) -> Any:
     return raw
 
 
+_EXPECTED: dict[Any, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+
+
 def _structure_field(name: str, value: Any, hint: Any, source: str) -> Any:
-    if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"invalid setting {name!r} (from {source}): expected a number")
-    if hint is int and isinstance(value, float):
-        raise ConfigError(f"invalid setting {name!r} (from {source}): expected an integer")
-    if hint is str and not isinstance(value, str):
-        raise ConfigError(f"invalid setting {name!r} (from {source}): expected a string")
+    """Check ``value``'s type strictly (no "yes" for a bool), then structure it."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint in _EXPECTED:
+        allowed, expected = _EXPECTED[hint]
+        if not isinstance(value, allowed) or (hint is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                f"invalid setting {name!r} (from {source}): expected {expected}, got {value!r}"
+            )
     try:
         return _CONVERTER.structure(value, hint)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -53,9 +54,16 @@ def enable_subreaper() -> bool:
     return True
 
 
-def _processes() -> dict[int, tuple[str, int]]:
-    """pid -> (state, ppid) for every process we can see."""
-    table: dict[int, tuple[str, int]] = {}
+class _Proc(NamedTuple):
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def _processes() -> dict[int, _Proc]:
+    """pid -> (state, ppid, pgid, sid) for every process we can see."""
+    table: dict[int, _Proc] = {}
     if not _HAS_PROC:
         return table
     for entry in os.listdir("/proc"):
@@ -66,15 +74,15 @@ def _processes() -> dict[int, tuple[str, int]]:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2 :].split()
-        table[int(entry)] = (fields[0], int(fields[1]))
+        table[int(entry)] = _Proc(fields[0], int(fields[1]), int(fields[2]), int(fields[3]))
     return table
 
 
 def descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (children, grandchildren, …)."""
     children: dict[int, list[int]] = {}
-    for pid, (_, ppid) in _processes().items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, proc in _processes().items():
+        children.setdefault(proc.ppid, []).append(pid)
     found: list[int] = []
     stack = list(children.get(root, ()))
     while stack:
@@ -97,44 +105,63 @@ def reap_orphans() -> list[int]:
     """Reap zombies re-parented to us (not the pool's own children)."""
     me = os.getpid()
     reaped = []
-    for pid, (state, ppid) in _processes().items():
-        if ppid == me and state == "Z" and pid not in MANAGED_PIDS and _reap(pid):
+    for pid, proc in _processes().items():
+        if proc.ppid == me and proc.state == "Z" and pid not in MANAGED_PIDS and _reap(pid):
             reaped.append(pid)
     return reaped
 
 
 async def kill_descendants(
-    pids: list[int], *, timeout_s: float = 2.0, adopt_orphans: bool = False
+    pids: list[int],
+    *,
+    groups: set[int] | None = None,
+    timeout_s: float = 2.0,
+    adopt_orphans: bool = False,
 ) -> list[int]:
-    """SIGKILL the given former descendants and their offspring; reap them.
+    """SIGKILL the given former descendants and their kin; reap them.
 
-    The set grows as it is watched: a child forked by a dying member joins
-    it, and with ``adopt_orphans`` so does every process re-parented to us.
-    A given pid is trusted only while it is parented to us (the subreaper) or
-    to another member, which a recycled pid would not be. Returns the pids
-    still present after ``timeout_s``.
+    The set grows as it is watched: a process forked by a member, or sharing
+    a member's process group or session (or one of ``groups``), joins it,
+    and with
+    ``adopt_orphans`` so does every process re-parented to us. A process is
+    only touched while it is parented to us (the subreaper) or to a member,
+    which a recycled pid would not be. Returns the pids still present after
+    ``timeout_s``.
     """
     me = os.getpid()
     family = set(pids)
+    groups = set(groups or ())
+    ours = {os.getpgid(0), os.getsid(0)}
     remaining: list[int] = []
     with trio.move_on_after(timeout_s):
         while True:
             table = _processes()
-            for pid, (_, ppid) in table.items():
-                if (ppid in family or (adopt_orphans and ppid == me)) and pid not in MANAGED_PIDS:
-                    family.add(pid)
             family = {pid for pid in family if pid in table}
+            # Groups are remembered after their members are gone: a zombie
+            # may still carry the group of its dead parent.
+            groups |= {table[pid].pgid for pid in family} | {table[pid].sid for pid in family}
+            groups -= ours
+            for pid, proc in table.items():
+                if pid in MANAGED_PIDS or pid == me:
+                    continue
+                if (
+                    proc.ppid in family
+                    or proc.pgid in groups
+                    or proc.sid in groups
+                    or (adopt_orphans and proc.ppid == me)
+                ):
+                    family.add(pid)
             remaining = sorted(family)
             if not remaining:
                 return []
             for pid in remaining:
-                state, ppid = table[pid]
-                if ppid != me and ppid not in family:
+                proc = table[pid]
+                if proc.ppid != me and proc.ppid not in family:
                     continue  # not (yet) ours: maybe still being re-parented
-                if state != "Z":
+                if proc.state != "Z":
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                elif ppid == me:
+                elif proc.ppid == me:
                     _reap(pid)
             await trio.sleep(0.01)
     return remaining

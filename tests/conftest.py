@@ -1,13 +1,33 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
 from supervisor.codex_binary import CodexBinaryNotFound, find_codex_binary
+from supervisor.reaper import MANAGED_PIDS, enable_subreaper, reap_all_orphans
+from tests.helpers import describe_processes, leftover_processes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _adopt_orphans() -> None:
+    """Run the tests as the service runs: as the subreaper of its children."""
+    enable_subreaper()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """No test may leave a child, grandchild or zombie of ours behind."""
+    yield
+    left = [pid for pid in leftover_processes(set()) if pid not in MANAGED_PIDS]
+    if left:
+        described = describe_processes(left)
+        trio.run(reap_all_orphans)
+        pytest.fail(f"processes left behind: {described}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import trio
 from fixtures.codex_home import MODEL_SLUG, write_codex_home
 from fixtures.scenarios import DROP_TEXT, PLAIN_TEXT, REASONING_PARTS, words
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
+from supervisor.reaper import descendants, kill_descendants
 
 TURN_TIMEOUT_S = 60
 EXIT_GRACE_S = 5
@@ -135,7 +136,9 @@ class CodexRig:
 
 
 async def stop_process(process: trio.Process) -> None:
-    """Close stdin (codex exits on EOF), then SIGKILL the process group if needed."""
+    """Close stdin (codex exits on EOF), then SIGKILL the process group if needed,
+    and whatever codex started outside it."""
+    family = descendants(process.pid)
     with trio.move_on_after(EXIT_GRACE_S, shield=True):
         if process.stdin is not None:
             await process.stdin.aclose()
@@ -145,6 +148,7 @@ async def stop_process(process: trio.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     with trio.CancelScope(shield=True):
         await process.wait()
+        await kill_descendants(family, groups={process.pid})
         if process.stdout is not None:
             await process.stdout.aclose()
 

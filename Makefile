@@ -1,0 +1,51 @@
+# codex-bridge — `make run` and `make test` do all set-up on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: install run demo test lint typecheck unit bench record clean
+
+install: $(PY_STAMP) $(NODE_STAMP)
+
+# The Python package and its dev tools, in .venv at the repository root.
+$(PY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# @openai/codex 0.169.0, pinned by package-lock.json; the pool runs the
+# native binary from its platform package.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(BIN)/codex-bridge serve
+
+# The service with the project's scripted model backend: no account needed.
+demo: install
+	$(BIN)/python -m fixtures.demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench.run
+
+# Re-record fixtures/transcripts from the real binary.
+record: install
+	$(BIN)/python -m fixtures.record
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache *.egg-info

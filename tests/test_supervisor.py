@@ -1,0 +1,378 @@
+"""Pool, child lifecycle and multiplexer against hand-written fake children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from bridge.messages import Notification
+from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnEvent, TurnStatus
+from supervisor.child import Child, ChildLaunch, ChildStartError, ChildState
+from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
+from supervisor.pool import Pool
+from supervisor.turn import FailureKind, Turn, TurnRequest
+from tests.helpers import (
+    LineLog,
+    chat_body,
+    content_of,
+    leftover_processes,
+    make_settings,
+    running_service,
+    sse_events,
+)
+
+FAKE = str(Path(__file__).with_name("fake_app_server.py"))
+
+
+def fake(mode: str, deltas: int = 3, **kwargs: Any) -> ChildLaunch:
+    values: dict[str, Any] = {"startup_timeout_s": 10.0, "stop_grace_s": 1.0}
+    values.update(kwargs)
+    return ChildLaunch(
+        argv=(sys.executable, "-u", FAKE, mode, str(deltas)), env=dict(os.environ), **values
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def state_of(child: Child) -> ChildState:
+    return child.state
+
+
+async def collect(turn: Turn) -> list[TurnEvent]:
+    return [event async for event in turn]
+
+
+# -- child lifecycle ----------------------------------------------------------------
+
+
+async def test_child_starts_ready_and_stops_reaped() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            child = Child("c", fake("ok"))
+            await nursery.start(child.run)
+            assert state_of(child) is ChildState.READY
+            assert child.pid is not None
+            assert alive(child.pid)
+            child.request_stop()
+    assert state_of(child) is ChildState.STOPPED
+    assert child.exit_reason == "stopped by the supervisor"
+    assert not alive(child.pid)
+    assert leftover_processes({child.pid}) == []
+
+
+async def test_child_that_exits_during_initialize_reports_its_stderr() -> None:
+    child = Child("c", fake("exit-during-init"))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(ChildStartError, match="simulated failure"):
+                await nursery.start(child.run)
+    assert child.state is ChildState.STOPPED
+    assert child.pid is not None
+    assert leftover_processes({child.pid}) == []
+
+
+async def test_child_that_never_answers_initialize_is_killed_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    child = Child("c", fake("hang-init", startup_timeout_s=5.0))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ChildStartError, match="no answer to initialize within 5s"):
+            await nursery.start(child.run)
+    # 5 s deadline, 1 s of grace after closing stdin, then SIGTERM; the
+    # virtual clock may also jump the 1 s SIGTERM grace while the real
+    # process is dying, and then SIGKILL finishes it.
+    assert 6.0 <= trio.current_time() - start <= 7.0
+    assert child.pid is not None
+    assert not alive(child.pid)
+    assert "killed by SIG" in (child.exit_reason or "")
+
+
+async def test_pool_restarts_a_child_that_dies() -> None:
+    pool = Pool(1, fake("ok"), backoff_initial_s=0.01)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            first = pool.slots[0]
+            assert first is not None
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            while pool.restarts[0] == 0 or not pool.live:
+                await pool.wait_changed()
+            second = pool.slots[0]
+            assert second is not first
+            assert second is not None
+            assert second.usable
+            assert "SIGKILL" in (pool.last_exit_reason[0] or "")
+            nursery.cancel_scope.cancel()
+    assert second.pid is not None
+    assert leftover_processes({first.pid, second.pid}) == []
+
+
+async def test_pool_with_failing_children_reports_why() -> None:
+    pool = Pool(1, fake("exit-during-init"), backoff_initial_s=0.01, backoff_max_s=0.05)
+    mux = TurnMultiplexer(pool, queue_timeout_s=0.3)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            assert not pool.live
+            with pytest.raises(NoChildAvailable, match="simulated failure"):
+                async with mux.open_turn(TurnRequest("hi")):
+                    pass
+            nursery.cancel_scope.cancel()
+
+
+# -- turns through the multiplexer ------------------------------------------------------
+
+
+async def test_turn_events_in_order_and_one_terminal_event() -> None:
+    pool = Pool(1, fake("garbage", deltas=5))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("hi")) as turn:
+                events = await collect(turn)
+                assert await turn.next_event() is None
+            nursery.cancel_scope.cancel()
+    deltas = [e.delta for e in events if isinstance(e, AgentMessageDelta)]
+    assert deltas == [f"d{i} " for i in range(5)]
+    assert isinstance(events[-1], TurnCompleted)
+    assert events[-1].status is TurnStatus.COMPLETED
+    assert sum(isinstance(e, TurnCompleted) for e in events) == 1
+
+
+async def test_child_crash_mid_turn_ends_the_turn_with_the_reason() -> None:
+    pool = Pool(1, fake("crash-mid-turn", deltas=5), backoff_initial_s=0.01)
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("hi")) as turn:
+                events = await collect(turn)
+            nursery.cancel_scope.cancel()
+    final = events[-1]
+    assert isinstance(final, TurnCompleted)
+    assert final.status is TurnStatus.FAILED
+    assert turn.failure_kind is FailureKind.CHILD_EXITED
+    assert "exited with code 17" in (final.error_message or "")
+    assert "simulated crash" in (final.error_message or "")
+    assert [e.delta for e in events if isinstance(e, AgentMessageDelta)] == ["d0 ", "d1 "]
+
+
+async def test_leaving_a_turn_early_interrupts_it() -> None:
+    log = LineLog()
+    pool = Pool(1, fake("hang-turn", tap=log))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            child = pool.children[0]
+            async with mux.open_turn(TurnRequest("hi")) as turn:
+                first = await turn.next_event()
+                assert first is not None
+            (interrupt,) = log.sent("turn/interrupt")
+            assert interrupt["params"] == {"threadId": turn.thread_id, "turnId": turn.turn_id}
+            assert turn.terminal is not None
+            assert mux.load(child) == 0
+            assert child.usable
+            assert not child.turns
+            nursery.cancel_scope.cancel()
+
+
+async def test_least_busy_child_first() -> None:
+    pool = Pool(2, fake("hang-turn"))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            a, b = pool.children
+            async with mux.open_turn(TurnRequest("1")), mux.open_turn(TurnRequest("2")):
+                assert (mux.load(a), mux.load(b)) == (1, 1)
+                async with mux.open_turn(TurnRequest("3")):
+                    assert sorted((mux.load(a), mux.load(b))) == [1, 2]
+            assert (mux.load(a), mux.load(b)) == (0, 0)
+            nursery.cancel_scope.cancel()
+
+
+async def test_full_queue_is_refused_and_waiters_go_in_order() -> None:
+    pool = Pool(1, fake("hang-turn"))
+    mux = TurnMultiplexer(pool, max_turns_per_child=1, queue_size=2, queue_timeout_s=10)
+    order: list[str] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            release = trio.Event()
+            got = {name: trio.Event() for name in ("first", "second", "third")}
+
+            async def hold(name: str) -> None:
+                async with mux.open_turn(TurnRequest(name)):
+                    order.append(name)
+                    got[name].set()
+                    await release.wait()
+
+            nursery.start_soon(hold, "first")
+            await got["first"].wait()
+            nursery.start_soon(hold, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(hold, "third")
+            await trio.testing.wait_all_tasks_blocked()
+            assert mux.queued == 2
+            with pytest.raises(Overloaded) as info:
+                async with mux.open_turn(TurnRequest("fourth")):
+                    pass
+            assert info.value.status == 429
+            assert info.value.retry_after_s is not None
+            release.set()
+            await got["third"].wait()
+            nursery.cancel_scope.cancel()
+    assert order == ["first", "second", "third"]
+
+
+async def test_queue_wait_has_a_deadline() -> None:
+    pool = Pool(1, fake("hang-turn"))
+    mux = TurnMultiplexer(pool, max_turns_per_child=1, queue_size=5, queue_timeout_s=0.2)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("busy")):
+                with pytest.raises(Overloaded, match="stayed busy"):
+                    async with mux.open_turn(TurnRequest("waits")):
+                        pass
+                assert mux.queued == 0
+            nursery.cancel_scope.cancel()
+
+
+# -- the turn object itself (no processes) ------------------------------------------
+
+
+def _delta(thread: str, text: str, turn: str = "u1") -> Notification:
+    return Notification(
+        "item/agentMessage/delta",
+        {"threadId": thread, "turnId": turn, "itemId": "m", "delta": text},
+    )
+
+
+async def test_silent_turn_fails_at_the_idle_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8, idle_timeout_s=42)
+    turn.turn_id = "u1"
+    turn.on_notification(_delta("t", "a"))
+    start = trio.current_time()
+    assert isinstance(await turn.next_event(), AgentMessageDelta)
+    final = await turn.next_event()
+    assert trio.current_time() - start == pytest.approx(42)
+    assert isinstance(final, TurnCompleted)
+    assert final.status is TurnStatus.FAILED
+    assert turn.failure_kind is FailureKind.IDLE_TIMEOUT
+    assert await turn.next_event() is None
+
+
+async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    turn = Turn(
+        thread_id="t",
+        child_name="c",
+        model="m",
+        buffer_size=8,
+        idle_timeout_s=10,
+        turn_timeout_s=25,
+    )
+    events = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def feed() -> None:
+            while True:
+                await trio.sleep(5)
+                turn.on_notification(_delta("t", "x", turn=""))
+
+        nursery.start_soon(feed)
+        events = await collect(turn)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start == pytest.approx(25)
+    assert turn.failure_kind is FailureKind.TURN_TIMEOUT
+    assert len(events) == 5  # deltas at 5, 10, 15, 20 and the terminal event
+
+
+async def test_slow_consumer_fails_the_turn_without_blocking_the_reader() -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=2)
+    for text in ("a", "b", "c", "d"):
+        turn.on_notification(_delta("t", text))  # never blocks
+    events = await collect(turn)
+    assert [e.delta for e in events if isinstance(e, AgentMessageDelta)] == ["a", "b"]
+    assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
+
+
+async def test_completion_of_another_turn_is_ignored() -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8)
+    turn.turn_id = "mine"
+    turn.on_notification(
+        Notification(
+            "turn/completed", {"threadId": "t", "turn": {"id": "earlier", "status": "completed"}}
+        )
+    )
+    assert not turn.finished
+    turn.on_notification(
+        Notification(
+            "turn/completed", {"threadId": "t", "turn": {"id": "mine", "status": "interrupted"}}
+        )
+    )
+    assert turn.terminal is not None
+    assert turn.terminal.status is TurnStatus.INTERRUPTED
+
+
+# -- through HTTP ------------------------------------------------------------------------
+
+
+async def test_http_stream_of_a_crashed_child_ends_with_error_and_done(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_service(make_settings(tmp_path), fake("crash-mid-turn", 5)) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                json=chat_body("hi", model="fake-model", stream_options={"include_usage": True}),
+            )
+    events = sse_events(response.content)
+    assert content_of(events) == "d0 d1 "
+    (error,) = [e for e in events if isinstance(e, dict) and "error" in e]
+    assert error["error"]["code"] == "codex_exited"
+    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["choices"] == []
+    assert "usage" in events[-2]
+    assert events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_http_429_with_retry_after_when_saturated(tmp_path: Path, stream: bool) -> None:
+    settings = make_settings(tmp_path, max_turns_per_child=1, queue_size=0)
+    with trio.fail_after(30):
+        async with (
+            running_service(settings, fake("hang-turn")) as svc,
+            svc.client.stream(
+                "POST", "/v1/chat/completions", json=chat_body("first", model="fake-model")
+            ) as first,
+        ):
+            async for _ in first.aiter_bytes():
+                break  # the first turn runs (and never ends)
+            refused = await svc.client.post(
+                "/v1/chat/completions",
+                json=chat_body("second", model="fake-model", stream=stream),
+            )
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert error["type"] == "rate_limit_error"
