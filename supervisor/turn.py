@@ -9,6 +9,7 @@ consumer falling too far behind, or a deadline.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import math
@@ -19,7 +20,9 @@ import trio
 from bridge.messages import Notification
 from bridge.protocol import (
     TURN_EVENT_PARSERS,
+    AgentMessageDelta,
     OtherEvent,
+    ReasoningDelta,
     TurnCompleted,
     TurnEvent,
     TurnStatus,
@@ -67,13 +70,48 @@ _IGNORED_METHODS = frozenset(
 )
 
 
+class _DeltaRun:
+    """Consecutive text deltas of one item, merged while the consumer lags.
+
+    Parts are joined once, when the run is handed out, so merging a long
+    burst costs linear, not quadratic, time.
+    """
+
+    __slots__ = ("first", "parts")
+
+    def __init__(self, first: AgentMessageDelta | ReasoningDelta) -> None:
+        self.first = first
+        self.parts = [first.delta]
+
+    def accepts(self, event: TurnEvent) -> bool:
+        first = self.first
+        if type(event) is not type(first):
+            return False
+        if isinstance(event, ReasoningDelta):
+            assert isinstance(first, ReasoningDelta)
+            if (event.index, event.raw) != (first.index, first.raw):
+                return False
+        return event.item_id == first.item_id
+
+    def event(self) -> TurnEvent:
+        if len(self.parts) == 1:
+            return self.first
+        return attrs.evolve(self.first, delta="".join(self.parts))
+
+
 class Turn:
     """Events of one running turn, in order, ending with one TurnCompleted.
 
     Created by the multiplexer; consumers use :meth:`next_event` (or async
-    iteration) and never see anything after the terminal event. ``interrupt``
-    is requested through :attr:`interrupt_requested`, which the multiplexer
-    acts on.
+    iteration) and never see anything after the terminal event.
+
+    Slow consumers: the child's reader must never wait for one turn's
+    consumer (it serves every thread of the child), so events are queued.
+    Past ``coalesce_after`` queued events, new text deltas are merged into
+    the queued run of the same item — the client gets the same text in
+    fewer, larger chunks, and memory stays proportional to the text not yet
+    sent. Past ``buffer_size`` queued events that cannot be merged, the turn
+    is failed as too slow.
     """
 
     def __init__(
@@ -90,7 +128,10 @@ class Turn:
         self.child_name = child_name
         self.model = model
         self.turn_id = ""
-        self._send, self._receive = trio.open_memory_channel[TurnEvent](buffer_size)
+        self._queue: collections.deque[TurnEvent | _DeltaRun] = collections.deque()
+        self._wakeup = trio.Event()
+        self.buffer_size = buffer_size
+        self.coalesce_after = max(1, buffer_size // 8)
         self.idle_timeout_s = idle_timeout_s
         self.deadline = trio.current_time() + turn_timeout_s
         self.terminal: TurnCompleted | None = None
@@ -120,17 +161,27 @@ class Turn:
             return
         if self.terminal is not None:
             return
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
+        self._push(event)
+
+    def _push(self, event: TurnEvent) -> None:
+        queue = self._queue
+        if len(queue) >= self.coalesce_after and isinstance(
+            event, AgentMessageDelta | ReasoningDelta
+        ):
+            tail = queue[-1]
+            if isinstance(tail, _DeltaRun) and tail.accepts(event):
+                tail.parts.append(event.delta)
+                return
+            queue.append(_DeltaRun(event))
+        elif len(queue) >= self.buffer_size:
             self.fail(
                 FailureKind.CONSUMER_TOO_SLOW,
                 "the client read the stream too slowly; the turn was stopped",
             )
-
-    async def wait_codex_finished(self) -> None:
-        """Return once codex itself reported the turn over."""
-        await self._codex_finished.wait()
+            return
+        else:
+            queue.append(event)
+        self._wakeup.set()
 
     def fail(self, kind: FailureKind, message: str) -> None:
         """End the turn from the bridge's side (idempotent)."""
@@ -139,11 +190,14 @@ class Turn:
             self._finish(TurnCompleted(self.turn_id, TurnStatus.FAILED, message, kind.value))
 
     def _finish(self, event: TurnCompleted) -> None:
+        # The terminal event is kept apart from the queue, so it can never be
+        # lost to a full buffer; the consumer gets it after what was queued.
         self.terminal = event
-        # The terminal event is delivered out of band (not through the
-        # bounded channel), so it can never be lost to a full buffer; the
-        # consumer sees it after draining what was queued before it.
-        self._send.close()
+        self._wakeup.set()
+
+    async def wait_codex_finished(self) -> None:
+        """Return once codex itself reported the turn over."""
+        await self._codex_finished.wait()
 
     # -- consumer side -----------------------------------------------------------
 
@@ -151,19 +205,24 @@ class Turn:
     def finished(self) -> bool:
         return self.terminal is not None
 
+    @property
+    def pending(self) -> int:
+        """Queued events not yet taken by the consumer."""
+        return len(self._queue)
+
+    def _pop(self) -> TurnEvent:
+        item = self._queue.popleft()
+        return item.event() if isinstance(item, _DeltaRun) else item
+
     def next_events_nowait(self, limit: int) -> list[TurnEvent]:
         """Up to ``limit`` already-queued events, without waiting.
 
-        Lets a consumer batch a burst of deltas into one write.
+        Lets a consumer batch a burst of deltas into one write. Never returns
+        the terminal event (:meth:`next_event` does).
         """
-        events: list[TurnEvent] = []
-        receive_nowait = self._receive.receive_nowait
-        try:
-            while len(events) < limit:
-                events.append(receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            pass
-        return events
+        queue = self._queue
+        pop = self._pop
+        return [pop() for _ in range(min(limit, len(queue)))]
 
     async def next_event(self) -> TurnEvent | None:
         """The next event; the terminal event last; then ``None``.
@@ -174,13 +233,12 @@ class Turn:
         """
         if self._delivered_terminal:
             return None
-        timeout = min(self.idle_timeout_s, self.deadline - trio.current_time())
-        with trio.move_on_after(max(timeout, 0)):
-            try:
-                return await self._receive.receive()
-            except trio.EndOfChannel:
-                pass
-        if self.terminal is None:
+        while not self._queue and self.terminal is None:
+            self._wakeup = trio.Event()
+            timeout = min(self.idle_timeout_s, self.deadline - trio.current_time())
+            with trio.move_on_after(max(timeout, 0)):
+                await self._wakeup.wait()
+                continue
             if trio.current_time() >= self.deadline:
                 self.fail(FailureKind.TURN_TIMEOUT, "the turn took longer than allowed")
             else:
@@ -188,6 +246,8 @@ class Turn:
                     FailureKind.IDLE_TIMEOUT,
                     f"codex sent nothing for {self.idle_timeout_s:g}s; the turn was stopped",
                 )
+        if self._queue:
+            return self._pop()
         self._delivered_terminal = True
         assert self.terminal is not None
         return self.terminal

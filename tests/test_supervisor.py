@@ -297,7 +297,7 @@ async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
 
         async def feed() -> None:
             while True:
-                await trio.sleep(5)
+                await trio.sleep(6)
                 turn.on_notification(_delta("t", "x", turn=""))
 
         nursery.start_soon(feed)
@@ -305,15 +305,59 @@ async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
         nursery.cancel_scope.cancel()
     assert trio.current_time() - start == pytest.approx(25)
     assert turn.failure_kind is FailureKind.TURN_TIMEOUT
-    assert len(events) == 5  # deltas at 5, 10, 15, 20 and the terminal event
+    assert len(events) == 5  # deltas at 6, 12, 18, 24 and the terminal event
 
 
-async def test_slow_consumer_fails_the_turn_without_blocking_the_reader() -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=2)
-    for text in ("a", "b", "c", "d"):
-        turn.on_notification(_delta("t", text))  # never blocks
+async def test_lagging_consumer_gets_bursts_merged_not_lost() -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=16)
+    assert turn.coalesce_after == 2
+    texts = [f"{i} " for i in range(1000)]
+    for text in texts:
+        turn.on_notification(_delta("t", text))  # the reader never blocks
+    assert turn.pending <= 3
+    turn.on_notification(
+        Notification(
+            "turn/completed", {"threadId": "t", "turn": {"id": "u1", "status": "completed"}}
+        )
+    )
     events = await collect(turn)
-    assert [e.delta for e in events if isinstance(e, AgentMessageDelta)] == ["a", "b"]
+    deltas = [e.delta for e in events if isinstance(e, AgentMessageDelta)]
+    assert "".join(deltas) == "".join(texts)
+    assert deltas[:2] == ["0 ", "1 "]  # below the threshold, one event per delta
+    assert len(deltas) == 3
+    assert turn.failure_kind is None
+
+
+async def test_deltas_of_different_items_are_not_merged() -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8)
+    for i in range(6):
+        item = "a" if i < 3 else "b"
+        turn.on_notification(
+            Notification(
+                "item/agentMessage/delta",
+                {"threadId": "t", "turnId": "u1", "itemId": item, "delta": str(i)},
+            )
+        )
+    turn.fail(FailureKind.CANCELLED, "stop")
+    events = [e for e in await collect(turn) if isinstance(e, AgentMessageDelta)]
+    assert [(e.item_id, e.delta) for e in events] == [("a", "0"), ("a", "12"), ("b", "345")]
+
+
+async def test_too_many_unmergeable_events_fail_the_turn() -> None:
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=4)
+    for i in range(10):
+        turn.on_notification(
+            Notification(
+                "item/started",
+                {
+                    "threadId": "t",
+                    "turnId": "u1",
+                    "item": {"type": "commandExecution", "id": str(i)},
+                },
+            )
+        )
+    events = await collect(turn)
+    assert len(events) == 5  # the four queued, then the terminal event
     assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
 
 
