@@ -84,7 +84,9 @@ class Settings:
     subreaper: bool = True
 
     # turns
-    approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE
+    approval_policy: ApprovalPolicy = attrs.field(
+        default=ApprovalPolicy.DECLINE, converter=ApprovalPolicy
+    )
     approval_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     default_model: str | None = None
     max_turns_per_child: int = attrs.field(default=16, validator=_positive)

@@ -253,3 +253,35 @@ async def test_without_credentials_a_request_gets_a_clear_error(
     assert error["code"] == "codex_not_authenticated"
     assert "codex login" in error["message"]
     assert str(tmp_path / "codex-home") in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expect_in_output"), [("decline", "rejected"), ("accept", "done-42")]
+)
+async def test_approval_requests_are_answered_by_policy(
+    tmp_path: Path,
+    codex_bin: Path,
+    scripted_model: ScriptedModelServer,
+    policy: str,
+    expect_in_output: str,
+) -> None:
+    """The model asks for an escalated command; nobody clicks "approve", so
+    the configured policy answers and the turn goes on instead of waiting."""
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model, approval_policy=policy) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                # login=0: a plain shell, so the host's login scripts stay out of it
+                json=chat_body("[scenario:exec_escalated login=0] run it", stream=False),
+            )
+    assert response.status_code == 200
+    requests = scripted_model.model.requests
+    assert [r.step for r in requests] == [0, 1]
+    outputs = [
+        item["output"]
+        for item in requests[1].body["input"]
+        if item.get("type") == "function_call_output"
+    ]
+    assert len(outputs) == 1
+    assert expect_in_output in str(outputs[0])
+    assert response.json()["choices"][0]["message"]["content"].startswith("Ran `")
