@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import trio
 
 from supervisor.multiplexer import TurnMultiplexer, TurnRefused
 from supervisor.turn import Turn
 
+from .asgi import Receive, Scope, Send, send_json, serve_lifespan
 from .chat import ChatRequest, parse_body, parse_chat_request
 from .errors import ApiError, error_type_for_status
 from .render import Aggregate, TurnRenderer
@@ -25,12 +25,6 @@ from .sse import DONE, KEEPALIVE, ChunkEncoder
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -44,23 +38,11 @@ class _ClientGone(Exception):
     pass
 
 
-async def _send_json(
-    send: Send, status: int, body: Any, extra_headers: list[Any] | None = None
-) -> None:
-    if extra_headers is None:
-        extra_headers = []
-    payload = body if isinstance(body, bytes) else orjson.dumps(body)
-    await send(
-        {"type": "http.response.start", "status": status, "headers": _JSON_HEADERS + extra_headers}
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
 async def _send_error(send: Send, error: ApiError) -> None:
-    headers: list[Any] = []
+    headers: list[tuple[bytes, bytes]] = []
     if error.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
-    await _send_json(send, error.status, error.encode(), headers)
+    await send_json(send, error.status, error.encode(), headers)
 
 
 def _refused(exc: TurnRefused) -> ApiError:
@@ -94,7 +76,7 @@ class BridgeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -116,16 +98,6 @@ class BridgeApp:
             await _send_error(send, exc)
         except _ClientGone:
             pass
-
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -158,7 +130,7 @@ class BridgeApp:
         }
         if not ready:
             body["reason"] = pool.unavailable_reason()
-        await _send_json(send, 200 if ready else 503, body)
+        await send_json(send, 200 if ready else 503, body)
 
     async def _model_ids(self) -> list[str]:
         try:
@@ -173,14 +145,12 @@ class BridgeApp:
 
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         ids = await self._model_ids()
-        await _send_json(
-            send, 200, {"object": "list", "data": [self._model_object(i) for i in ids]}
-        )
+        await send_json(send, 200, {"object": "list", "data": [self._model_object(i) for i in ids]})
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
         model_id = scope["path"][len("/v1/models/") :].rstrip("/")
         await self._check_model(model_id)
-        await _send_json(send, 200, self._model_object(model_id))
+        await send_json(send, 200, self._model_object(model_id))
 
     async def _check_model(self, model: str) -> None:
         try:
@@ -289,7 +259,7 @@ class BridgeApp:
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
-        await _send_json(
+        await send_json(
             send,
             200,
             {
