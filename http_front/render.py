@@ -28,6 +28,7 @@ from bridge.protocol import (
     TurnStarted,
     TurnStatus,
 )
+from supervisor.turn import FailureKind
 
 
 @attrs.frozen
@@ -190,10 +191,14 @@ def classify_failure(message: str, info: Any) -> Failure:
         return Failure(message, "invalid_request_error", "context_length_exceeded", 400)
     if key == "unauthorized":
         return Failure(message, "authentication_error", "codex_not_authenticated", 503)
-    if key in ("idle_timeout", "turn_timeout"):
+    if key in (FailureKind.IDLE_TIMEOUT, FailureKind.TURN_TIMEOUT):
         return Failure(message, "server_error", "timeout", 504)
-    if key == "child_exited":
+    if key == FailureKind.RETRY_TIMEOUT:
+        return Failure(message, "server_error", "model_unreachable", 502)
+    if key == FailureKind.CHILD_EXITED:
         return Failure(message, "server_error", "codex_exited", 502)
+    if key == FailureKind.CONSUMER_TOO_SLOW:
+        return Failure(message, "server_error", "client_too_slow", 502)
     return Failure(message, "server_error", "codex_turn_failed", 502)
 
 

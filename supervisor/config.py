@@ -94,6 +94,8 @@ class Settings:
     queue_timeout_s: float = attrs.field(default=30.0, validator=_non_negative)
     turn_idle_timeout_s: float = attrs.field(default=600.0, validator=_positive)
     turn_timeout_s: float = attrs.field(default=3600.0, validator=_positive)
+    #: A turn whose model codex only keeps retrying for this long fails.
+    turn_retry_timeout_s: float = attrs.field(default=120.0, validator=_positive)
     interrupt_grace_s: float = attrs.field(default=5.0, validator=_positive)
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
 

@@ -95,6 +95,7 @@ class TurnMultiplexer:
         turn_event_buffer: int = 8192,
         turn_idle_timeout_s: float = math.inf,
         turn_timeout_s: float = math.inf,
+        turn_retry_timeout_s: float = math.inf,
         workspace_dir: str | None = None,
         default_model: str | None = None,
     ) -> None:
@@ -107,6 +108,7 @@ class TurnMultiplexer:
         self.turn_event_buffer = turn_event_buffer
         self.turn_idle_timeout_s = turn_idle_timeout_s
         self.turn_timeout_s = turn_timeout_s
+        self.turn_retry_timeout_s = turn_retry_timeout_s
         self.workspace_dir = workspace_dir
         self.default_model = default_model
         self._waiters: collections.deque[object] = collections.deque()
@@ -262,6 +264,7 @@ class TurnMultiplexer:
             buffer_size=self.turn_event_buffer,
             idle_timeout_s=self.turn_idle_timeout_s,
             turn_timeout_s=self.turn_timeout_s,
+            retry_timeout_s=self.turn_retry_timeout_s,
         )
         # Route before turn/start: codex may emit events before answering.
         child.client.peer.add_route(thread_id, turn.on_notification)

@@ -103,6 +103,7 @@ async def run_service(
         turn_event_buffer=settings.turn_event_buffer,
         turn_idle_timeout_s=settings.turn_idle_timeout_s,
         turn_timeout_s=settings.turn_timeout_s,
+        turn_retry_timeout_s=settings.turn_retry_timeout_s,
         workspace_dir=settings.workspace_dir,
         default_model=settings.default_model,
     )

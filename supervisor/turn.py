@@ -24,6 +24,7 @@ from bridge.protocol import (
     OtherEvent,
     ReasoningDelta,
     TurnCompleted,
+    TurnErrorEvent,
     TurnEvent,
     TurnStatus,
 )
@@ -37,6 +38,7 @@ class FailureKind(enum.StrEnum):
     CHILD_EXITED = "child_exited"
     IDLE_TIMEOUT = "idle_timeout"
     TURN_TIMEOUT = "turn_timeout"
+    RETRY_TIMEOUT = "retry_timeout"
     CONSUMER_TOO_SLOW = "consumer_too_slow"
     CANCELLED = "cancelled"
 
@@ -123,6 +125,7 @@ class Turn:
         buffer_size: int,
         idle_timeout_s: float = math.inf,
         turn_timeout_s: float = math.inf,
+        retry_timeout_s: float = math.inf,
     ) -> None:
         self.thread_id = thread_id
         self.child_name = child_name
@@ -134,6 +137,12 @@ class Turn:
         self.coalesce_after = max(1, buffer_size // 8)
         self.idle_timeout_s = idle_timeout_s
         self.deadline = trio.current_time() + turn_timeout_s
+        # codex retries an unreachable model forever (``error`` with
+        # willRetry every few seconds, never turn/completed): progress is
+        # anything else, and a turn without it for retry_timeout_s fails.
+        self.retry_timeout_s = retry_timeout_s
+        self._last_progress = trio.current_time()
+        self._last_retry: TurnErrorEvent | None = None
         self.terminal: TurnCompleted | None = None
         self._delivered_terminal = False
         self.failure_kind: FailureKind | None = None
@@ -161,7 +170,31 @@ class Turn:
             return
         if self.terminal is not None:
             return
+        if isinstance(event, TurnErrorEvent) and event.will_retry:
+            self._last_retry = event
+            if trio.current_time() >= self._retry_deadline():
+                self._push(event)
+                self._fail_retrying()
+                return
+        else:
+            self._last_progress = trio.current_time()
+            self._last_retry = None
         self._push(event)
+
+    def _retry_deadline(self) -> float:
+        if self._last_retry is None:
+            return math.inf
+        return self._last_progress + self.retry_timeout_s
+
+    def _fail_retrying(self) -> None:
+        retry = self._last_retry
+        assert retry is not None
+        detail = f" ({retry.additional_details})" if retry.additional_details else ""
+        self.fail(
+            FailureKind.RETRY_TIMEOUT,
+            f"the model could not be reached for {self.retry_timeout_s:g}s; "
+            f"codex kept retrying: {retry.message}{detail}",
+        )
 
     def _push(self, event: TurnEvent) -> None:
         queue = self._queue
@@ -235,12 +268,17 @@ class Turn:
             return None
         while not self._queue and self.terminal is None:
             self._wakeup = trio.Event()
-            timeout = min(self.idle_timeout_s, self.deadline - trio.current_time())
-            with trio.move_on_after(max(timeout, 0)):
+            now = trio.current_time()
+            with trio.move_on_at(
+                min(now + self.idle_timeout_s, self.deadline, self._retry_deadline())
+            ):
                 await self._wakeup.wait()
                 continue
-            if trio.current_time() >= self.deadline:
+            now = trio.current_time()
+            if now >= self.deadline:
                 self.fail(FailureKind.TURN_TIMEOUT, "the turn took longer than allowed")
+            elif now >= self._retry_deadline():
+                self._fail_retrying()
             else:
                 self.fail(
                     FailureKind.IDLE_TIMEOUT,

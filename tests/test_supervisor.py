@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from bridge.messages import Notification
-from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnEvent, TurnStatus
+from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnErrorEvent, TurnEvent, TurnStatus
 from supervisor.child import Child, ChildLaunch, ChildStartError, ChildState
 from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
 from supervisor.pool import Pool
@@ -420,3 +420,90 @@ async def test_http_429_with_retry_after_when_saturated(tmp_path: Path, stream: 
     error = refused.json()["error"]
     assert error["code"] == "rate_limit_exceeded"
     assert error["type"] == "rate_limit_error"
+
+
+def _retrying(message: str = "Reconnecting... 1/5") -> Notification:
+    return Notification(
+        "error",
+        {
+            "threadId": "t",
+            "turnId": "u1",
+            "willRetry": True,
+            "error": {"message": message, "additionalDetails": "network unreachable"},
+        },
+    )
+
+
+async def test_turn_that_only_retries_fails_at_the_retry_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """codex retries an unreachable model forever; the turn must not."""
+    turn = Turn(
+        thread_id="t",
+        child_name="c",
+        model="m",
+        buffer_size=64,
+        idle_timeout_s=600,
+        retry_timeout_s=30,
+    )
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def retry_forever() -> None:
+            while True:
+                await trio.sleep(4)
+                turn.on_notification(_retrying())
+
+        nursery.start_soon(retry_forever)
+        events = await collect(turn)
+        nursery.cancel_scope.cancel()
+    # retries at 4, 8, ..., 28 keep the idle timer quiet but are no progress:
+    # 30 s after the start of the turn it fails
+    assert trio.current_time() - start == pytest.approx(30)
+    assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
+    final = events[-1]
+    assert isinstance(final, TurnCompleted)
+    assert "could not be reached for 30s" in (final.error_message or "")
+    assert "network unreachable" in (final.error_message or "")
+
+
+async def test_progress_resets_the_retry_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    turn = Turn(
+        thread_id="t",
+        child_name="c",
+        model="m",
+        buffer_size=64,
+        idle_timeout_s=600,
+        retry_timeout_s=30,
+    )
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def script() -> None:
+            await trio.sleep(20)
+            turn.on_notification(_retrying())
+            await trio.sleep(5)
+            turn.on_notification(_delta("t", "progress"))  # at 25: progress
+            await trio.sleep(10)
+            turn.on_notification(_retrying())  # at 35: retrying again, then silence
+
+        nursery.start_soon(script)
+        events = await collect(turn)
+    # silent after the retry at 35; the retry deadline is 25 + 30 = 55
+    assert trio.current_time() - start == pytest.approx(55)
+    assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
+    assert sum(isinstance(e, AgentMessageDelta) for e in events) == 1
+
+
+async def test_retry_deadline_is_checked_as_retries_arrive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A consumer that is busy elsewhere still sees the turn end on time."""
+    clock_start = trio.current_time()
+    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=64, retry_timeout_s=0.0)
+    turn.on_notification(_retrying())  # already past the deadline on arrival
+    assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
+    events = await collect(turn)
+    assert isinstance(events[0], TurnErrorEvent)  # the retry is still shown
+    assert isinstance(events[-1], TurnCompleted)
+    assert trio.current_time() == clock_start
