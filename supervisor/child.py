@@ -17,8 +17,8 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 
 import attrs
 import trio
@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 
 _VERSION = "0.1.0"
 _API_KEY_VARIABLES = ("OPENAI_API_KEY", "CODEX_API_KEY")
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory of ``pid`` in MiB (Linux), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 class ChildState(enum.StrEnum):
@@ -91,11 +104,19 @@ class Child:
         self.launch = launch
         self.state = ChildState.STARTING
         self.turns: set[Turn] = set()
+        #: Turns placed on this child and not yet released (the multiplexer's count).
+        self.load = 0
+        #: Non-ephemeral threads this child owns (codex lets one process write a thread).
+        self.threads: set[str] = set()
         self.turns_served = 0
         self.pid: int | None = None
         self.exit_reason: str | None = None
         self.auth_problem: str | None = None
-        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        #: Being drained to be replaced: it will not come back to READY.
+        self.stopping = False
+        self.planned_stop = False
+        self._stop_reason: str | None = None
         self._stop = trio.Event()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._client: CodexClient | None = None
@@ -110,12 +131,33 @@ class Child:
     def usable(self) -> bool:
         return self.state is ChildState.READY
 
-    @property
-    def active_turns(self) -> int:
-        return len(self.turns)
-
-    def request_stop(self) -> None:
+    def request_stop(
+        self, reason: str = "stopped by the supervisor", *, planned: bool = True
+    ) -> None:
+        """Ask ``run`` to stop the process (gracefully) and return."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self.planned_stop = planned
+            self.stopping = True
         self._stop.set()
+
+    def describe(self, now: float) -> dict[str, object]:
+        """Operator-facing facts about this child."""
+        state = self.state.value
+        if self.state is ChildState.READY:
+            state = "busy" if self.load else "idle"
+        rss = rss_mib(self.pid) if self.state is not ChildState.STOPPED else None
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "state": state,
+            "load": self.load,
+            "turns_served": self.turns_served,
+            "threads_owned": len(self.threads),
+            "rss_mib": round(rss, 1) if rss is not None else None,
+            "uptime_s": round(now - self.ready_at, 1) if self.ready_at is not None else None,
+            "auth_problem": self.auth_problem,
+        }
 
     async def check_auth(self) -> str | None:
         """Ask codex whether it can reach its model; cache and return the problem."""
@@ -171,6 +213,7 @@ class Child:
                     start_error = exc
                 else:
                     self.state = ChildState.READY
+                    self.ready_at = trio.current_time()
                     log.info("%s: ready (pid %d)", self.name, process.pid)
                     task_status.started(self)
                     async with trio.open_nursery() as watch:
@@ -233,7 +276,7 @@ class Child:
 
     def _describe_exit(self, code: int | None) -> str:
         if self._stop.is_set():
-            return "stopped by the supervisor"
+            return self._stop_reason or "stopped by the supervisor"
         if code is None:
             return "exit status unknown"
         if code < 0:

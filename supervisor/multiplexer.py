@@ -13,8 +13,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import trio
 
@@ -23,16 +24,18 @@ from bridge.protocol import (
     InjectItemsParams,
     ModelInfo,
     TextInput,
+    ThreadResumeParams,
     ThreadStartParams,
     TurnInterruptParams,
     TurnStartParams,
 )
 
-from .child import Child
+from .child import Child, ChildState
 from .pool import Pool
 from .turn import FailureKind, Turn, TurnRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TurnRefused(Exception):
@@ -74,6 +77,27 @@ class CodexRejected(TurnRefused):
     code = "codex_error"
 
 
+class ThreadUnavailable(TurnRefused):
+    """The requested thread could not be resumed (codex does not know it)."""
+
+    status = 409
+    code = "thread_unavailable"
+
+
+#: JSON-RPC error code codex uses when it is overloaded.
+OVERLOADED = -32001
+
+
+class _ThreadGate:
+    """One turn at a time per thread: a second ``turn/start`` would steer the first."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()  # fair: waiters go in arrival order
+        self.users = 0
+
+
 class TurnMultiplexer:
     """Hands out turns on the children of ``pool``.
 
@@ -81,6 +105,11 @@ class TurnMultiplexer:
     to ``queue_size`` callers wait, first come first served, for at most
     ``queue_timeout_s``; past either bound :class:`Overloaded` is raised
     (HTTP 429 with Retry-After).
+
+    Threads: a non-ephemeral thread is owned by the child that created or
+    resumed it (codex refuses a second writer). Turns on it go to the owner;
+    when the owner is gone the thread is resumed on another child; turns on
+    one thread are serialized.
     """
 
     def __init__(
@@ -96,6 +125,8 @@ class TurnMultiplexer:
         turn_idle_timeout_s: float = math.inf,
         turn_timeout_s: float = math.inf,
         turn_retry_timeout_s: float = math.inf,
+        overload_retries: int = 3,
+        overload_backoff_s: float = 0.2,
         workspace_dir: str | None = None,
         default_model: str | None = None,
     ) -> None:
@@ -109,12 +140,16 @@ class TurnMultiplexer:
         self.turn_idle_timeout_s = turn_idle_timeout_s
         self.turn_timeout_s = turn_timeout_s
         self.turn_retry_timeout_s = turn_retry_timeout_s
+        self.overload_retries = overload_retries
+        self.overload_backoff_s = overload_backoff_s
         self.workspace_dir = workspace_dir
         self.default_model = default_model
         self._waiters: collections.deque[object] = collections.deque()
-        self._load: dict[Child, int] = {}
+        self._owners: dict[str, Child] = {}
+        self._gates: dict[str, _ThreadGate] = {}
         self._models: list[ModelInfo] | None = None
         self._models_at = -math.inf
+        self.accepting = True
 
     # -- admission -----------------------------------------------------------
 
@@ -122,21 +157,32 @@ class TurnMultiplexer:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def load(self, child: Child) -> int:
-        return self._load.get(child, 0)
+    @property
+    def active_turns(self) -> int:
+        return sum(child.load for child in self.pool.children)
 
-    def _pick(self) -> Child | None:
+    @staticmethod
+    def load(child: Child) -> int:
+        return child.load
+
+    def owner(self, thread_id: str) -> Child | None:
+        return self._owners.get(thread_id)
+
+    def _pick(self, only: Child | None) -> Child | None:
+        candidates = self.pool.usable_children if only is None else [only]
         best: Child | None = None
-        for child in self.pool.usable_children:
-            load = self._load.get(child, 0)
-            if load < self.max_turns_per_child and (best is None or load < self._load.get(best, 0)):
+        for child in candidates:
+            if not child.usable or child.load >= self.max_turns_per_child:
+                continue
+            if best is None or child.load < best.load:
                 best = child
         return best
 
-    async def _acquire(self) -> Child:
-        child = self._pick() if not self._waiters else None
+    async def _acquire(self, only: Child | None = None) -> Child:
+        """A child with room for one more turn (``only`` that one), FIFO."""
+        child = self._pick(only) if not self._waiters else None
         if child is not None:
-            self._load[child] = self._load.get(child, 0) + 1
+            child.load += 1
             return child
         if len(self._waiters) >= self.queue_size:
             raise Overloaded(
@@ -149,9 +195,9 @@ class TurnMultiplexer:
             with trio.move_on_after(self.queue_timeout_s):
                 while True:
                     if self._waiters[0] is ticket:
-                        child = self._pick()
+                        child = self._pick(only)
                         if child is not None:
-                            self._load[child] = self._load.get(child, 0) + 1
+                            child.load += 1
                             return child
                     await self.pool.wait_changed()
         finally:
@@ -166,12 +212,42 @@ class TurnMultiplexer:
         )
 
     def _release(self, child: Child) -> None:
-        load = self._load.get(child, 0) - 1
-        if load <= 0:
-            self._load.pop(child, None)
-        else:
-            self._load[child] = load
+        child.load -= 1
         self.pool.notify_load_changed()
+
+    async def _acquire_for(self, thread_id: str | None) -> tuple[Child, bool]:
+        """The child to run on, and whether the thread must be resumed there."""
+        if thread_id is None:
+            return await self._acquire(), False
+        owner = self._owners.get(thread_id)
+        if owner is not None and owner.stopping:
+            # Its owner is being replaced; codex frees the thread only when
+            # the process exits.
+            with trio.move_on_after(self.queue_timeout_s):
+                while not is_stopped(owner):
+                    await self.pool.wait_changed()
+        if owner is not None and is_stopped(owner):
+            del self._owners[thread_id]
+            owner.threads.discard(thread_id)
+            owner = None
+        if owner is None:
+            return await self._acquire(), True
+        return await self._acquire(owner), False
+
+    @asynccontextmanager
+    async def _thread_gate(self, thread_id: str | None) -> AsyncIterator[None]:
+        if thread_id is None:
+            yield
+            return
+        gate = self._gates.setdefault(thread_id, _ThreadGate())
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[thread_id]
 
     # -- models ----------------------------------------------------------------
 
@@ -202,36 +278,110 @@ class TurnMultiplexer:
 
         Raises a :class:`TurnRefused` subclass when no turn could be started
         (nothing was sent to the model). A child that dies while the turn is
-        being set up is replaced by another child once, transparently. On
-        exit — normal, exception or cancellation — an unfinished turn is
-        interrupted (bounded by ``interrupt_grace_s``, shielded) and its
-        child slot released.
+        being set up is replaced by another child once, and codex's overload
+        errors are retried with backoff, transparently. Turns on one thread
+        run one at a time. On exit — normal, exception or cancellation — an
+        unfinished turn is interrupted (bounded by ``interrupt_grace_s``,
+        shielded); a child that does not answer the interrupt is killed.
         """
-        for attempt in (1, 2):
-            child = await self._acquire()
+        if not self.accepting:
+            raise ShuttingDown("the service is shutting down; retry on another instance")
+        async with self._thread_gate(request.thread_id):
+            child, turn = await self._start_with_retries(request)
             try:
-                turn = await self._start(child, request)
+                yield turn
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._finish(child, turn)
+                    child.turns.discard(turn)
+                    child.client.peer.remove_route(turn.thread_id, turn.on_notification)
+                    child.turns_served += 1
+                    self._release(child)
+                    self.pool.turn_finished(child)
+
+    async def _start_with_retries(self, request: TurnRequest) -> tuple[Child, Turn]:
+        child_deaths = 0
+        overloads = 0
+        while True:
+            child, resume = await self._acquire_for(request.thread_id)
+            try:
+                return child, await self._start(child, request, resume=resume)
             except PeerClosed as exc:
                 self._release(child)
-                if attempt == 2:
+                child_deaths += 1
+                if child_deaths > 1:
                     raise NoChildAvailable(f"codex app-server went away: {exc}") from exc
                 log.warning("%s died while starting a turn; trying another child", child.name)
-                continue
+            except _CodexOverloaded as exc:
+                self._release(child)
+                overloads += 1
+                if overloads > self.overload_retries:
+                    raise Overloaded(
+                        f"codex is overloaded: {exc}", retry_after_s=self.overload_backoff_s * 8
+                    ) from exc
+                delay = self.overload_backoff_s * 2 ** (overloads - 1)
+                log.info("%s is overloaded (%s); retrying in %.2fs", child.name, exc, delay)
+                await trio.sleep(delay)
             except BaseException:
                 self._release(child)
                 raise
-            break
-        try:
-            yield turn
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._finish(child, turn)
-                child.turns.discard(turn)
-                child.client.peer.remove_route(turn.thread_id, turn.on_notification)
-                child.turns_served += 1
-                self._release(child)
 
-    async def _start(self, child: Child, request: TurnRequest) -> Turn:
+    async def _call(self, child: Child, what: str, call: Awaitable[T]) -> T:
+        """Await one codex call of a turn's set-up, mapping its failures."""
+        try:
+            return await call
+        except RpcCallError as exc:
+            if exc.code == OVERLOADED:
+                raise _CodexOverloaded(exc.message) from exc
+            raise CodexRejected(f"codex refused to {what}: {exc.message}") from exc
+        except trio.TooSlowError as exc:
+            raise NoChildAvailable(
+                f"{child.name} did not {what} within {self.rpc_timeout_s:g}s"
+            ) from exc
+
+    async def _open_thread(
+        self, child: Child, request: TurnRequest, resume: bool
+    ) -> tuple[str, str]:
+        """(thread id, model) of the thread the turn runs on."""
+        client = child.client
+        timeout = self.rpc_timeout_s
+        if request.thread_id is not None and resume:
+            try:
+                resumed = await client.thread_resume(
+                    ThreadResumeParams(request.thread_id, exclude_turns=True), timeout_s=timeout
+                )
+            except RpcCallError as exc:
+                if exc.code == OVERLOADED:
+                    raise _CodexOverloaded(exc.message) from exc
+                raise ThreadUnavailable(
+                    f"thread {request.thread_id} cannot be resumed: {exc.message}"
+                ) from exc
+            except trio.TooSlowError as exc:
+                raise NoChildAvailable(f"{child.name} did not resume the thread in time") from exc
+            thread_id, model = resumed.thread.id, resumed.model
+        elif request.thread_id is not None:
+            return request.thread_id, request.model or self.default_model or ""
+        else:
+            started = await self._call(
+                child,
+                "start a thread",
+                client.thread_start(
+                    ThreadStartParams(
+                        model=request.model or self.default_model,
+                        cwd=request.cwd or self.workspace_dir,
+                        developer_instructions=request.developer_instructions,
+                        ephemeral=request.ephemeral,
+                    ),
+                    timeout_s=timeout,
+                ),
+            )
+            thread_id, model = started.thread.id, started.model
+        if not request.ephemeral or request.thread_id is not None:
+            self._owners[thread_id] = child
+            child.threads.add(thread_id)
+        return thread_id, model
+
+    async def _start(self, child: Child, request: TurnRequest, *, resume: bool) -> Turn:
         if child.auth_problem is not None:
             try:
                 problem = await child.check_auth()
@@ -239,60 +389,47 @@ class TurnMultiplexer:
                 problem = child.auth_problem
             if problem is not None:
                 raise NotAuthenticated(problem)
-        client = child.client
-        timeout = self.rpc_timeout_s
-        model = request.model or self.default_model
-        try:
-            started = await client.thread_start(
-                ThreadStartParams(
-                    model=model,
-                    cwd=self.workspace_dir,
-                    developer_instructions=request.developer_instructions,
-                    ephemeral=True,
-                ),
-                timeout_s=timeout,
-            )
-        except RpcCallError as exc:
-            raise CodexRejected(f"codex refused to start a thread: {exc.message}") from exc
-        except trio.TooSlowError as exc:
-            raise NoChildAvailable(f"{child.name} did not start a thread in {timeout:g}s") from exc
-        thread_id = started.thread.id
+        thread_id, model = await self._open_thread(child, request, resume)
         turn = Turn(
             thread_id=thread_id,
             child_name=child.name,
-            model=started.model,
+            model=model or request.model or "",
             buffer_size=self.turn_event_buffer,
             idle_timeout_s=self.turn_idle_timeout_s,
             turn_timeout_s=self.turn_timeout_s,
             retry_timeout_s=self.turn_retry_timeout_s,
         )
         # Route before turn/start: codex may emit events before answering.
-        child.client.peer.add_route(thread_id, turn.on_notification)
+        peer = child.client.peer
+        peer.add_route(thread_id, turn.on_notification)
         child.turns.add(turn)
         try:
             if request.history:
-                await client.thread_inject_items(
-                    InjectItemsParams(thread_id, [dict(item) for item in request.history]),
-                    timeout_s=timeout,
+                await self._call(
+                    child,
+                    "replay the history",
+                    child.client.thread_inject_items(
+                        InjectItemsParams(thread_id, [dict(item) for item in request.history]),
+                        timeout_s=self.rpc_timeout_s,
+                    ),
                 )
-            result = await client.turn_start(
-                TurnStartParams(
-                    thread_id,
-                    [TextInput(request.text)],
-                    effort=request.effort,
-                    summary=request.summary,
+            result = await self._call(
+                child,
+                "start the turn",
+                child.client.turn_start(
+                    TurnStartParams(
+                        thread_id,
+                        [TextInput(request.text)],
+                        model=request.model if request.thread_id else None,
+                        effort=request.effort,
+                        summary=request.summary,
+                    ),
+                    timeout_s=self.rpc_timeout_s,
                 ),
-                timeout_s=timeout,
             )
-        except BaseException as exc:
+        except BaseException:
             child.turns.discard(turn)
-            child.client.peer.remove_route(thread_id, turn.on_notification)
-            if isinstance(exc, RpcCallError):
-                raise CodexRejected(f"codex refused the turn: {exc.message}") from exc
-            if isinstance(exc, trio.TooSlowError):
-                raise NoChildAvailable(
-                    f"{child.name} did not start the turn in {timeout:g}s"
-                ) from exc
+            peer.remove_route(thread_id, turn.on_notification)
             raise
         turn.turn_id = result.turn.id
         return turn
@@ -301,20 +438,39 @@ class TurnMultiplexer:
         """Interrupt an unfinished turn and wait (bounded) for codex to end it."""
         if turn.finished and turn.failure_kind is None:
             return  # codex ended it
-        if not child.usable or turn.failure_kind is FailureKind.CHILD_EXITED:
+        if is_stopped(child) or turn.failure_kind is FailureKind.CHILD_EXITED:
             turn.fail(FailureKind.CANCELLED, "the turn was abandoned")
             return
+        answered = gone = False
         with trio.move_on_after(self.interrupt_grace_s):
             try:
                 await child.client.turn_interrupt(TurnInterruptParams(turn.thread_id, turn.turn_id))
+                answered = True
                 await turn.wait_codex_finished()
-            except (PeerClosed, RpcCallError) as exc:
+            except PeerClosed:
+                gone = True
+            except RpcCallError as exc:  # e.g. "no active turn to interrupt"
+                answered = True
                 log.info("%s: interrupt of %s: %s", child.name, turn.turn_id, exc)
-        if not turn.finished:
-            log.warning(
-                "%s: turn %s did not end within %.1fs of its interrupt",
-                child.name,
-                turn.turn_id,
-                self.interrupt_grace_s,
-            )
+        if gone or is_stopped(child):
+            pass
+        elif not answered:
+            self.pool.kill(child, f"no answer to turn/interrupt within {self.interrupt_grace_s:g}s")
+        elif not turn.wait_codex_finished_nowait() and not child.stopping:
+            # codex took the interrupt but never closed the turn, so the
+            # thread may still count as busy there: replace the child once
+            # its other turns are done.
+            self.pool.restart(child, "a turn did not end after its interrupt")
         turn.fail(FailureKind.CANCELLED, "the turn was interrupted")
+
+
+def is_stopped(child: Child) -> bool:
+    return child.state is ChildState.STOPPED
+
+
+class ShuttingDown(TurnRefused):
+    code = "shutting_down"
+
+
+class _CodexOverloaded(Exception):
+    """codex answered -32001: try again later or elsewhere."""

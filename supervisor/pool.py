@@ -1,27 +1,70 @@
-"""A fixed number of warm codex children, restarted when they exit."""
+"""A fixed number of codex children: started, watched, restarted, recycled.
+
+Each slot runs one child at a time. A child that exits on its own is
+restarted after an exponential backoff with jitter; a slot whose children
+keep dying (``crash_loop_exits`` within ``crash_loop_window_s``) opens its
+breaker and waits ``breaker_cooldown_s`` before trying again. Planned stops
+(an operator's restart, recycling after N turns or above an RSS limit) go
+through *draining*: the child takes no new turns, its running turns finish
+(bounded by ``drain_timeout_s``), then it is replaced at once.
+"""
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
 from collections.abc import Callable
+from typing import Any
 
+import attrs
 import trio
 
-from .child import Child, ChildLaunch, ChildStartError, ChildState
+from .child import Child, ChildLaunch, ChildStartError, ChildState, rss_mib
+from .turn import FailureKind
 
 log = logging.getLogger(__name__)
 
 
+class UnknownChild(Exception):
+    pass
+
+
+@attrs.define(eq=False)
+class Slot:
+    index: int
+    child: Child | None = None
+    generation: int = 0
+    restarts: int = 0
+    last_exit_reason: str | None = None
+    #: Times of unplanned exits, for the crash-loop breaker.
+    exits: collections.deque[float] = attrs.Factory(collections.deque)
+    breaker_open_until: float | None = None
+    #: Set while the slot's child is being replaced; readied when it is.
+    replaced: trio.Event | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PoolPolicy:
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    crash_loop_exits: int = 5
+    crash_loop_window_s: float = 60.0
+    breaker_cooldown_s: float = 60.0
+    drain_timeout_s: float = 300.0
+    recycle_after_turns: int = 0
+    recycle_rss_mib: float = 0.0
+    monitor_interval_s: float = 10.0
+
+
 class Pool:
-    """``size`` slots, each running one child at a time.
+    """``size`` slots of codex children; see the module docs.
 
     ``run`` (start it with ``nursery.start``) reports started once every
-    slot's first child has either completed its handshake or failed to; a slot
-    whose child exits or fails starts a new one after an exponential backoff
-    with jitter. Cancelling ``run`` stops every child and reaps it before
-    returning. Observers wait on :meth:`wait_changed` for readiness changes.
+    slot's first child has either completed its handshake or failed to.
+    Cancelling ``run`` stops every child and reaps it before returning.
+    Observers wait on :meth:`wait_changed` for any change of state or load.
     """
 
     def __init__(
@@ -29,21 +72,39 @@ class Pool:
         size: int,
         launch: ChildLaunch,
         *,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        policy: PoolPolicy | None = None,
+        backoff_initial_s: float | None = None,
+        backoff_max_s: float | None = None,
         name: Callable[[int, int], str] = lambda slot, gen: f"codex-{slot}.{gen}",
     ) -> None:
+        policy = policy or PoolPolicy()
+        if backoff_initial_s is not None:
+            policy = attrs.evolve(policy, backoff_initial_s=backoff_initial_s)
+        if backoff_max_s is not None:
+            policy = attrs.evolve(policy, backoff_max_s=backoff_max_s)
         self.size = size
         self.launch = launch
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.policy = policy
         self._name = name
-        self.slots: list[Child | None] = [None] * size
-        self.restarts = [0] * size
-        self.last_exit_reason: list[str | None] = [None] * size
+        self.slots_state = [Slot(i) for i in range(size)]
         self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.rolling_restart_running = False
+        self.paused = False  # the whole pool drained by an operator
 
-    # -- observers ---------------------------------------------------------
+    # -- observers -------------------------------------------------------------
+
+    @property
+    def slots(self) -> list[Child | None]:
+        return [slot.child for slot in self.slots_state]
+
+    @property
+    def restarts(self) -> list[int]:
+        return [slot.restarts for slot in self.slots_state]
+
+    @property
+    def last_exit_reason(self) -> list[str | None]:
+        return [slot.last_exit_reason for slot in self.slots_state]
 
     @property
     def children(self) -> list[Child]:
@@ -51,17 +112,78 @@ class Pool:
 
     @property
     def usable_children(self) -> list[Child]:
+        if self.paused:
+            return []
         return [child for child in self.slots if child is not None and child.usable]
 
     @property
     def live(self) -> bool:
         return bool(self.usable_children)
 
+    def find(self, name: str) -> Child:
+        """The current child called ``name``, or of slot number ``name``."""
+        for slot in self.slots_state:
+            child = slot.child
+            if child is not None and (child.name == name or str(slot.index) == name):
+                return child
+        raise UnknownChild(f"no child named {name!r}")
+
+    def slot_of(self, child: Child) -> Slot:
+        for slot in self.slots_state:
+            if slot.child is child:
+                return slot
+        raise UnknownChild(f"{child.name} is no longer in the pool")
+
     def unavailable_reason(self) -> str:
-        reasons = [r for r in self.last_exit_reason if r]
-        if reasons:
-            return "no codex app-server is running; the last one " + reasons[-1]
-        return "the codex app-server pool is starting"
+        if self.paused:
+            return "the pool is drained by an operator"
+        now = trio.current_time()
+        reasons = []
+        for slot in self.slots_state:
+            child = slot.child
+            if slot.breaker_open_until is not None and slot.breaker_open_until > now:
+                reasons.append(
+                    f"slot {slot.index}: crash loop ({len(slot.exits)} exits), breaker open "
+                    f"for {slot.breaker_open_until - now:.0f}s more; last: {slot.last_exit_reason}"
+                )
+            elif child is not None and child.state is ChildState.DRAINING:
+                reasons.append(f"{child.name}: draining")
+            elif child is not None and child.state is ChildState.STARTING:
+                reasons.append(f"{child.name}: starting")
+            elif slot.last_exit_reason:
+                reasons.append(f"slot {slot.index}: {slot.last_exit_reason}")
+        if not reasons:
+            return "the codex app-server pool is starting"
+        return "no codex app-server is usable: " + "; ".join(reasons)
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        children = []
+        for slot in self.slots_state:
+            child = slot.child
+            breaker = (
+                "open"
+                if slot.breaker_open_until is not None and slot.breaker_open_until > now
+                else "closed"
+            )
+            entry: dict[str, Any] = {
+                "slot": slot.index,
+                "restarts": slot.restarts,
+                "last_exit_reason": slot.last_exit_reason,
+                "breaker": breaker,
+            }
+            if breaker == "open":
+                entry["breaker_retry_in_s"] = round((slot.breaker_open_until or now) - now, 1)
+            if child is not None:
+                entry.update(child.describe(now))
+            children.append(entry)
+        return {
+            "size": self.size,
+            "ready": len(self.usable_children),
+            "paused": self.paused,
+            "rolling_restart": self.rolling_restart_running,
+            "children": children,
+        }
 
     def _notify(self) -> None:
         self._changed.set()
@@ -74,24 +196,103 @@ class Pool:
     def notify_load_changed(self) -> None:
         self._notify()
 
-    # -- running -------------------------------------------------------------
+    # -- operator and policy actions ---------------------------------------------
+
+    def drain(self, child: Child) -> None:
+        """Stop giving ``child`` new turns; it keeps running until undrained."""
+        if child.state is ChildState.READY:
+            child.state = ChildState.DRAINING
+            self._notify()
+
+    def undrain(self, child: Child) -> None:
+        if child.state is ChildState.DRAINING and not child.stopping:
+            child.state = ChildState.READY
+            self._notify()
+
+    def restart(self, child: Child, reason: str) -> trio.Event:
+        """Drain ``child`` and replace it; returns an event set once replaced."""
+        slot = self.slot_of(child)
+        if slot.replaced is not None and child.stopping:
+            return slot.replaced
+        slot.replaced = trio.Event()
+        if self._nursery is None:
+            raise RuntimeError("the pool is not running")
+        self._nursery.start_soon(self._drain_and_stop, child, reason)
+        return slot.replaced
+
+    def kill(self, child: Child, reason: str) -> None:
+        """Stop a misbehaving child now; counts as a failure of its slot."""
+        log.error("%s: %s; stopping it", child.name, reason)
+        child.request_stop(reason, planned=False)
+
+    async def rolling_restart(self) -> bool:
+        """Replace every child, one at a time; False if one was already running."""
+        if self.rolling_restart_running:
+            return False
+        self.rolling_restart_running = True
+        self._notify()
+        try:
+            for slot in self.slots_state:
+                child = slot.child
+                if child is None or child.state is ChildState.STOPPED:
+                    continue
+                await self.restart(child, "rolling restart").wait()
+        finally:
+            self.rolling_restart_running = False
+            self._notify()
+        return True
+
+    def start_rolling_restart(self) -> bool:
+        """Begin a rolling restart in the background; False if one is running."""
+        if self.rolling_restart_running or self._nursery is None:
+            return False
+        self._nursery.start_soon(self.rolling_restart)
+        return True
+
+    def turn_finished(self, child: Child) -> None:
+        """Called by the multiplexer after each turn: recycle by turn count."""
+        limit = self.policy.recycle_after_turns
+        if limit and child.turns_served >= limit and child.state is ChildState.READY:
+            self.restart(child, f"recycled after {child.turns_served} turns")
+
+    async def _drain_and_stop(self, child: Child, reason: str) -> None:
+        if child.state in (ChildState.READY, ChildState.STARTING):
+            child.state = ChildState.DRAINING
+        child.stopping = True
+        self._notify()
+        log.info("%s: draining (%s)", child.name, reason)
+        with trio.move_on_after(self.policy.drain_timeout_s):
+            while child.load:
+                await self.wait_changed()
+        for turn in list(child.turns):
+            turn.fail(
+                FailureKind.CHILD_EXITED,
+                f"codex app-server {child.name} was restarted ({reason}) before the turn ended",
+            )
+        child.request_stop(reason, planned=True)
+
+    # -- running ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Pool] = trio.TASK_STATUS_IGNORED) -> None:
         first_round = [trio.Event() for _ in range(self.size)]
         async with trio.open_nursery() as nursery:
-            for slot in range(self.size):
-                nursery.start_soon(self._run_slot, slot, first_round[slot])
+            self._nursery = nursery
+            for slot in self.slots_state:
+                nursery.start_soon(self._run_slot, slot, first_round[slot.index])
+            if self.policy.recycle_rss_mib:
+                nursery.start_soon(self._watch_memory)
             for event in first_round:
                 await event.wait()
             task_status.started(self)
 
-    async def _run_slot(self, slot: int, first_attempt: trio.Event) -> None:
-        generation = 0
+    async def _run_slot(self, slot: Slot, first_attempt: trio.Event) -> None:
         failures = 0
         while True:
-            child = Child(self._name(slot, generation), self.launch)
-            generation += 1
-            self.slots[slot] = child
+            await self._wait_breaker(slot)
+            child = Child(self._name(slot.index, slot.generation), self.launch)
+            slot.generation += 1
+            slot.child = child
+            self._notify()
             try:
                 async with trio.open_nursery() as nursery:
                     try:
@@ -103,19 +304,62 @@ class Pool:
                     else:
                         failures = 0
                         first_attempt.set()
+                        if slot.replaced is not None and not slot.replaced.is_set():
+                            slot.replaced.set()
                         self._notify()
             finally:
                 first_attempt.set()
-                self.last_exit_reason[slot] = child.exit_reason
+                slot.last_exit_reason = child.exit_reason
                 child.state = ChildState.STOPPED
                 self._notify()
-            self.restarts[slot] += 1
-            delay = self._backoff(failures)
+            slot.restarts += 1
+            if child.planned_stop:
+                delay = 0.0
+            else:
+                delay = self._backoff(failures or 1)
+                self._count_exit(slot)
             log.warning("%s: %s; restarting in %.2fs", child.name, child.exit_reason, delay)
             await trio.sleep(delay)
 
+    def _count_exit(self, slot: Slot) -> None:
+        now = trio.current_time()
+        slot.exits.append(now)
+        while slot.exits and slot.exits[0] < now - self.policy.crash_loop_window_s:
+            slot.exits.popleft()
+        if len(slot.exits) >= self.policy.crash_loop_exits:
+            slot.breaker_open_until = now + self.policy.breaker_cooldown_s
+            log.error(
+                "slot %d: %d exits within %gs; breaker open for %gs",
+                slot.index,
+                len(slot.exits),
+                self.policy.crash_loop_window_s,
+                self.policy.breaker_cooldown_s,
+            )
+            self._notify()
+
+    async def _wait_breaker(self, slot: Slot) -> None:
+        if slot.breaker_open_until is None:
+            return
+        await trio.sleep_until(slot.breaker_open_until)
+        # Half-open: one more try; a single further exit reopens it.
+        slot.breaker_open_until = None
+        slot.exits.clear()
+        for _ in range(self.policy.crash_loop_exits - 1):
+            slot.exits.append(trio.current_time())
+        self._notify()
+
+    async def _watch_memory(self) -> None:
+        limit = self.policy.recycle_rss_mib
+        while True:
+            await trio.sleep(self.policy.monitor_interval_s)
+            for child in self.children:
+                rss = rss_mib(child.pid)
+                if child.state is ChildState.READY and rss is not None and rss > limit:
+                    self.restart(child, f"recycled at {rss:.0f} MiB RSS (limit {limit:g})")
+
     def _backoff(self, failures: int) -> float:
-        if failures == 0:
-            return self.backoff_initial_s * random.uniform(0.5, 1.0)
-        base = min(self.backoff_max_s, self.backoff_initial_s * math.pow(2, failures - 1))
+        base = min(
+            self.policy.backoff_max_s,
+            self.policy.backoff_initial_s * math.pow(2, max(0, failures - 1)),
+        )
         return base * random.uniform(0.5, 1.0)  # jitter keeps slots from restarting in step

@@ -57,6 +57,12 @@ class TurnRequest:
     history: tuple[dict[str, object], ...] = ()
     effort: str | None = None
     summary: str | None = None
+    #: Continue this thread (its owner child, or resumed elsewhere) instead
+    #: of starting a fresh one.
+    thread_id: str | None = None
+    #: A fresh thread that codex does not persist.
+    ephemeral: bool = True
+    cwd: str | None = None
 
 
 # Notifications that carry a threadId but mean nothing to a turn's consumer;
@@ -231,6 +237,9 @@ class Turn:
     async def wait_codex_finished(self) -> None:
         """Return once codex itself reported the turn over."""
         await self._codex_finished.wait()
+
+    def wait_codex_finished_nowait(self) -> bool:
+        return self._codex_finished.is_set()
 
     # -- consumer side -----------------------------------------------------------
 
