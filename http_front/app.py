@@ -17,6 +17,7 @@ import trio
 from supervisor.multiplexer import TurnMultiplexer, TurnRefused
 from supervisor.turn import Turn
 
+from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan
 from .chat import ChatRequest, parse_body, parse_chat_request
 from .errors import ApiError, error_type_for_status
@@ -64,14 +65,17 @@ class BridgeApp:
         *,
         keepalive_interval_s: float = 15.0,
         max_request_body_bytes: int = 8 * 1024 * 1024,
+        admin_token: str | None = None,
     ) -> None:
         self.mux = multiplexer
+        self.admin = AdminApp(multiplexer, token=admin_token)
         self.keepalive_interval_s = keepalive_interval_s
         self.max_request_body_bytes = max_request_body_bytes
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("GET", "/v1/models"): self._list_models,
             ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,8 +85,11 @@ class BridgeApp:
         if scope["type"] != "http":
             return
         path = scope["path"].rstrip("/") or "/"
-        if path.startswith("/v1/models/") and scope["method"] == "GET":
-            handler: Callable[[Scope, Receive, Send], Awaitable[None]] | None = self._get_model
+        handler: Callable[[Scope, Receive, Send], Awaitable[None]] | None
+        if path.startswith("/admin/"):
+            handler = self.admin
+        elif path.startswith("/v1/models/") and scope["method"] == "GET":
+            handler = self._get_model
         else:
             handler = self._routes.get((scope["method"], path))
         try:
@@ -131,6 +138,23 @@ class BridgeApp:
         if not ready:
             body["reason"] = pool.unavailable_reason()
         await send_json(send, 200 if ready else 503, body)
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready to take a turn now: accepting and at least one usable child."""
+        pool = self.mux.pool
+        if not self.mux.accepting:
+            reason: str | None = "the service is shutting down"
+        elif not pool.live:
+            reason = pool.unavailable_reason()
+        else:
+            reason = None
+        body: dict[str, Any] = {
+            "ready": reason is None,
+            "children_ready": len(pool.usable_children),
+        }
+        if reason is not None:
+            body["reason"] = reason
+        await send_json(send, 200 if reason is None else 503, body)
 
     async def _model_ids(self) -> list[str]:
         try:

@@ -197,6 +197,8 @@ def classify_failure(message: str, info: Any) -> Failure:
         return Failure(message, "server_error", "model_unreachable", 502)
     if key == FailureKind.CHILD_EXITED:
         return Failure(message, "server_error", "codex_exited", 502)
+    if key == FailureKind.SHUTDOWN:
+        return Failure(message, "server_error", "service_shutting_down", 503)
     if key == FailureKind.CONSUMER_TOO_SLOW:
         return Failure(message, "server_error", "client_too_slow", 502)
     return Failure(message, "server_error", "codex_turn_failed", 502)

@@ -79,6 +79,19 @@ class Settings:
     stop_grace_s: float = attrs.field(default=3.0, validator=_non_negative)
     restart_backoff_initial_s: float = attrs.field(default=0.5, validator=_positive)
     restart_backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
+    #: This many unplanned exits of one slot's children within the window
+    #: open its breaker: no restart for breaker_cooldown_s.
+    crash_loop_exits: int = attrs.field(default=5, validator=_positive)
+    crash_loop_window_s: float = attrs.field(default=60.0, validator=_positive)
+    breaker_cooldown_s: float = attrs.field(default=60.0, validator=_positive)
+    #: How long a draining child's turns may run before they are interrupted.
+    drain_timeout_s: float = attrs.field(default=300.0, validator=_positive)
+    #: Replace a child after this many turns (0: never) ...
+    recycle_after_turns: int = attrs.field(default=0, validator=_non_negative)
+    #: ... or when its RSS exceeds this many MiB (0: never), checked every
+    #: monitor_interval_s.
+    recycle_rss_mib: float = attrs.field(default=0.0, validator=_non_negative)
+    monitor_interval_s: float = attrs.field(default=10.0, validator=_positive)
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Adopt and reap orphans of codex's own subprocesses (Linux).
     subreaper: bool = True
@@ -97,7 +110,15 @@ class Settings:
     #: A turn whose model codex only keeps retrying for this long fails.
     turn_retry_timeout_s: float = attrs.field(default=120.0, validator=_positive)
     interrupt_grace_s: float = attrs.field(default=5.0, validator=_positive)
+    #: On SIGTERM/SIGINT, running turns may finish for this long; then they
+    #: are interrupted and their clients get a terminal error.
+    shutdown_grace_s: float = attrs.field(default=30.0, validator=_non_negative)
+    #: codex's overload answers (-32001) retried this many times, with backoff.
+    overload_retries: int = attrs.field(default=3, validator=_non_negative)
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
+
+    #: Bearer token for /admin/; without one, /admin/ serves loopback clients only.
+    admin_token: str | None = None
 
     log_level: str = attrs.field(
         default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"])

@@ -120,6 +120,15 @@ class Pool:
     def live(self) -> bool:
         return bool(self.usable_children)
 
+    @property
+    def healthy(self) -> bool:
+        """False only when every slot is held by an open crash-loop breaker."""
+        now = trio.current_time()
+        return not all(
+            slot.breaker_open_until is not None and slot.breaker_open_until > now
+            for slot in self.slots_state
+        )
+
     def find(self, name: str) -> Child:
         """The current child called ``name``, or of slot number ``name``."""
         for slot in self.slots_state:

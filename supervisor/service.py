@@ -26,8 +26,10 @@ from .child import ChildLaunch
 from .codex_binary import find_codex_binary
 from .config import Settings
 from .multiplexer import TurnMultiplexer
-from .pool import Pool
+from .pool import Pool, PoolPolicy
 from .reaper import OrphanReaper, enable_subreaper, reap_all_orphans
+from .systemd import Notifier
+from .turn import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +81,38 @@ async def run_service(
     *,
     launch: ChildLaunch | None = None,
     handle_signals: bool = False,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[ServiceHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until shut down; started once the pool is warm and the port open."""
+    """Run until shut down; started once the pool is warm and the port open.
+
+    Shutdown (SIGTERM/SIGINT with ``handle_signals``, or
+    :meth:`ServiceHandle.shutdown`): new requests get 503, running turns
+    may finish for ``shutdown_grace_s``, the rest are interrupted (their
+    clients get a terminal error chunk), the HTTP server stops, and every
+    child is stopped and reaped before this returns. SIGHUP starts a rolling
+    restart.
+    """
     if launch is None:
         launch = child_launch(settings)
+    notifier = notifier or Notifier()
     reaping = settings.subreaper and enable_subreaper()
     await trio.Path(settings.workspace_dir).mkdir(parents=True, exist_ok=True)
     await trio.Path(settings.codex_home_path).mkdir(parents=True, exist_ok=True)
     pool = Pool(
         settings.pool_size,
         launch,
-        backoff_initial_s=settings.restart_backoff_initial_s,
-        backoff_max_s=settings.restart_backoff_max_s,
+        policy=PoolPolicy(
+            backoff_initial_s=settings.restart_backoff_initial_s,
+            backoff_max_s=settings.restart_backoff_max_s,
+            crash_loop_exits=settings.crash_loop_exits,
+            crash_loop_window_s=settings.crash_loop_window_s,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            recycle_after_turns=settings.recycle_after_turns,
+            recycle_rss_mib=settings.recycle_rss_mib,
+            monitor_interval_s=settings.monitor_interval_s,
+        ),
     )
     multiplexer = TurnMultiplexer(
         pool,
@@ -104,6 +125,7 @@ async def run_service(
         turn_idle_timeout_s=settings.turn_idle_timeout_s,
         turn_timeout_s=settings.turn_timeout_s,
         turn_retry_timeout_s=settings.turn_retry_timeout_s,
+        overload_retries=settings.overload_retries,
         workspace_dir=settings.workspace_dir,
         default_model=settings.default_model,
     )
@@ -111,17 +133,22 @@ async def run_service(
         multiplexer,
         keepalive_interval_s=settings.keepalive_interval_s,
         max_request_body_bytes=settings.max_request_body_bytes,
+        admin_token=settings.admin_token,
     )
     config = HypercornConfig()
     config.bind = [_bind(settings.host, settings.port)]
-    config.graceful_timeout = settings.interrupt_grace_s
+    # By the time the server is told to stop, every turn has ended; this only
+    # bounds the last writes of their responses.
+    config.graceful_timeout = 5.0
     config.accesslog = logging.getLogger("codex_bridge.access")
     config.errorlog = logging.getLogger("codex_bridge.http")
-    shutdown = trio.Event()
+    shutdown_requested = trio.Event()
+    stop_server = trio.Event()
+    handle = ServiceHandle("", pool, multiplexer, shutdown_requested)
 
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            nursery.start_soon(_stop_on_signal, shutdown)
+            nursery.start_soon(_handle_signals, handle, notifier)
         if reaping:
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(pool.run)
@@ -131,13 +158,22 @@ async def run_service(
                 # BridgeApp speaks plain ASGI dicts; hypercorn's TypedDict
                 # signature is structurally the same thing.
                 partial(
-                    hypercorn.trio.serve, cast("Any", app), config, shutdown_trigger=shutdown.wait
+                    hypercorn.trio.serve,
+                    cast("Any", app),
+                    config,
+                    shutdown_trigger=stop_server.wait,
                 )
             )
-            log.info("serving on %s", binds[0])
-            task_status.started(ServiceHandle(binds[0], pool, multiplexer, shutdown))
-        # Hypercorn has returned: no request is left (in-flight ones had the
-        # graceful period). Cancelling the pool stops and reaps every child.
+            handle.url = binds[0]
+            log.info("serving on %s", handle.url)
+            notifier.ready(status_line(multiplexer))
+            nursery.start_soon(_report_to_systemd, multiplexer, notifier)
+            task_status.started(handle)
+            await shutdown_requested.wait()
+            notifier.stopping("stopping: finishing running turns")
+            await _finish_turns(multiplexer, settings)
+            stop_server.set()
+        # Hypercorn has returned. Cancelling the pool stops and reaps every child.
         log.info("HTTP server stopped; stopping the pool")
         nursery.cancel_scope.cancel()
     if reaping:
@@ -146,9 +182,72 @@ async def run_service(
             log.warning("processes %s outlived the pool", left)
 
 
-async def _stop_on_signal(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+def status_line(mux: TurnMultiplexer) -> str:
+    """One line for systemd's STATUS=."""
+    pool = mux.pool
+    line = (
+        f"{len(pool.usable_children)}/{pool.size} children ready, "
+        f"{mux.active_turns} turns running, {mux.queued} queued"
+    )
+    if pool.rolling_restart_running:
+        line += ", rolling restart"
+    if not mux.accepting:
+        line += ", shutting down"
+    return line
+
+
+async def _finish_turns(mux: TurnMultiplexer, settings: Settings) -> None:
+    """Refuse new turns, let running ones finish (bounded), stop the rest."""
+    mux.accepting = False
+    pool = mux.pool
+    log.info("shutting down: %d turns running", mux.active_turns)
+    with trio.move_on_after(settings.shutdown_grace_s):
+        while mux.active_turns:
+            await pool.wait_changed()
+    if mux.active_turns:
+        log.warning("shutting down: interrupting %d turns", mux.active_turns)
+        for child in pool.children:
+            for turn in list(child.turns):
+                turn.fail(
+                    FailureKind.SHUTDOWN, "the service is shutting down; the turn was stopped"
+                )
+        with trio.move_on_after(settings.interrupt_grace_s + 1.0):
+            while mux.active_turns:
+                await pool.wait_changed()
+
+
+async def _report_to_systemd(mux: TurnMultiplexer, notifier: Notifier) -> None:
+    """STATUS= on every change (at most once a second), WATCHDOG=1 while healthy.
+
+    Healthy: the loop runs this task on time, and the pool is not stuck with
+    every slot's breaker open. systemd restarts a service whose pings stop.
+    """
+    if not notifier.enabled:
+        return
+    interval = notifier.watchdog_interval_s or 5.0
+    last_status = ""
+    next_ping = trio.current_time()
+    while True:
+        with trio.move_on_at(next_ping):
+            await mux.pool.wait_changed()
+            await trio.sleep(1.0)  # coalesce bursts of changes
+        line = status_line(mux)
+        if line != last_status:
+            notifier.status(line)
+            last_status = line
+        if trio.current_time() >= next_ping:
+            if notifier.watchdog_interval_s is not None and mux.pool.healthy:
+                notifier.watchdog()
+            next_ping = trio.current_time() + interval
+
+
+async def _handle_signals(handle: ServiceHandle, notifier: Notifier) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            shutdown.set()
-            return
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                started = handle.pool.start_rolling_restart()
+                log.info("received SIGHUP: %s", "rolling restart" if started else "already running")
+                continue
+            log.info("received %s: shutting down", name)
+            handle.shutdown()

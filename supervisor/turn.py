@@ -41,6 +41,7 @@ class FailureKind(enum.StrEnum):
     RETRY_TIMEOUT = "retry_timeout"
     CONSUMER_TOO_SLOW = "consumer_too_slow"
     CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
 
 
 @attrs.frozen
