@@ -143,4 +143,5 @@ class AdminApp:
             status = 200
         body = pool_status(self.mux)
         body["child"] = child.name
+        body["slot"] = self.pool.slot_of(child).index
         await send_json(send, status, body)

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from supervisor.multiplexer import TurnMultiplexer, TurnRefused
-from supervisor.turn import Turn
+from supervisor.turn import FailureKind, Turn
 
 from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan
@@ -215,21 +215,37 @@ class BridgeApp:
                 return
 
     async def _stream(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
-        try:
-            async with self.mux.open_turn(chat.turn) as turn:
-                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                encoder = ChunkEncoder(completion_id, int(time.time()), chat.model or turn.model)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": KEEPALIVE + encoder.role(),
-                        "more_body": True,
-                    }
-                )
-                renderer = await self._pump(turn, encoder, send)
-        except TurnRefused as exc:
-            await _send_error(send, _refused(exc))
-            return
+        encoder: ChunkEncoder | None = None
+        renderer = TurnRenderer()
+        for attempt in (1, 2):
+            renderer = TurnRenderer()
+            try:
+                async with self.mux.open_turn(chat.turn) as turn:
+                    if encoder is None:
+                        await send(
+                            {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
+                        )
+                        encoder = ChunkEncoder(
+                            completion_id, int(time.time()), chat.model or turn.model
+                        )
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": KEEPALIVE + encoder.role(),
+                                "more_body": True,
+                            }
+                        )
+                    await self._pump(turn, encoder, send, renderer)
+            except TurnRefused as exc:
+                if encoder is None:
+                    await _send_error(send, _refused(exc))
+                    return
+                renderer.refused(exc.message, exc.code, exc.status)
+            if attempt == 1 and _retry_elsewhere(turn, renderer):
+                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                continue
+            break
+        assert encoder is not None
         tail: list[bytes] = []
         failure = renderer.failure()
         if failure is not None:
@@ -240,9 +256,10 @@ class BridgeApp:
         tail.append(DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
 
-    async def _pump(self, turn: Turn, encoder: ChunkEncoder, send: Send) -> TurnRenderer:
+    async def _pump(
+        self, turn: Turn, encoder: ChunkEncoder, send: Send, renderer: TurnRenderer
+    ) -> None:
         """Render the turn's events to SSE until its terminal event."""
-        renderer = TurnRenderer()
         feed = renderer.feed
         encode = encoder.piece
         while True:
@@ -252,7 +269,7 @@ class BridgeApp:
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
                 continue
             if event is None:
-                return renderer
+                return
             frames = [encode(p) for p in feed(event)]
             for more in turn.next_events_nowait(_BATCH):
                 frames.extend(encode(p) for p in feed(more))
@@ -264,15 +281,23 @@ class BridgeApp:
     async def _complete(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
         renderer = TurnRenderer()
         aggregate = Aggregate()
-        try:
-            async with self.mux.open_turn(chat.turn) as turn:
-                model = chat.model or turn.model
-                async for event in turn:
-                    for piece in renderer.feed(event):
-                        aggregate.add(piece)
-        except TurnRefused as exc:
-            await _send_error(send, _refused(exc))
-            return
+        model = chat.model or ""
+        for attempt in (1, 2):
+            renderer = TurnRenderer()
+            aggregate = Aggregate()
+            try:
+                async with self.mux.open_turn(chat.turn) as turn:
+                    model = chat.model or turn.model
+                    async for event in turn:
+                        for piece in renderer.feed(event):
+                            aggregate.add(piece)
+            except TurnRefused as exc:
+                await _send_error(send, _refused(exc))
+                return
+            if attempt == 1 and _retry_elsewhere(turn, renderer):
+                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                continue
+            break
         failure = renderer.failure()
         if failure is not None:
             await _send_error(
@@ -297,3 +322,8 @@ class BridgeApp:
                 "usage": renderer.usage().to_openai(),
             },
         )
+
+
+def _retry_elsewhere(turn: Turn, renderer: TurnRenderer) -> bool:
+    """A child died under a turn before the client saw any of it: run it again."""
+    return turn.failure_kind is FailureKind.CHILD_EXITED and not renderer.shown

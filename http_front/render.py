@@ -91,6 +91,9 @@ class TurnRenderer:
         self._total: TokenCounts | None = None
         self.completed: TurnCompleted | None = None
         self.last_error: TurnErrorEvent | None = None
+        #: Pieces rendered so far: whether the client has seen anything.
+        self.shown = 0
+        self._refusal: Failure | None = None
         self._handlers: dict[type[Any], Callable[[Any], tuple[Piece, ...]]] = {
             AgentMessageDelta: self._agent_delta,
             ReasoningDelta: self._reasoning_delta,
@@ -106,7 +109,13 @@ class TurnRenderer:
         }
 
     def feed(self, event: TurnEvent) -> tuple[Piece, ...]:
-        return self._handlers[type(event)](event)
+        pieces = self._handlers[type(event)](event)
+        self.shown += len(pieces)
+        return pieces
+
+    def refused(self, message: str, code: str, status: int) -> None:
+        """The turn could not even start (e.g. on a retry after the stream began)."""
+        self._refusal = Failure(message, "server_error", code, status)
 
     @staticmethod
     def _nothing(event: Any) -> tuple[Piece, ...]:
@@ -156,6 +165,8 @@ class TurnRenderer:
 
     def failure(self) -> Failure | None:
         """None for a completed turn, else what went wrong."""
+        if self._refusal is not None:
+            return self._refusal
         done = self.completed
         if done is not None and done.status is TurnStatus.COMPLETED:
             return None

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from .admin_cli import add_pool_commands, run_pool_command
 from .codex_binary import CodexBinaryNotFound
 from .config import ConfigError, Settings, load_settings
 from .service import child_launch, run_service
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workspace-dir", help="working directory of codex threads")
     serve.add_argument("--default-model", help="model when a request names none")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_pool_commands(commands)
     return parser
 
 
@@ -84,3 +86,5 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         sys.exit(serve(args))
+    if args.command == "pool":
+        sys.exit(run_pool_command(args))

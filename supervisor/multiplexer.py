@@ -180,6 +180,8 @@ class TurnMultiplexer:
 
     async def _acquire(self, only: Child | None = None) -> Child:
         """A child with room for one more turn (``only`` that one), FIFO."""
+        if self.pool.paused:
+            raise NoChildAvailable(self.pool.unavailable_reason())
         child = self._pick(only) if not self._waiters else None
         if child is not None:
             child.load += 1

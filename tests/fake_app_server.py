@@ -2,19 +2,34 @@
 
     python fake_app_server.py MODE [DELTAS]
 
-MODE: ok | exit-during-init | hang-init | crash-mid-turn | garbage | hang-turn
+MODE: ok | exit-during-init | hang-init | crash-mid-turn | garbage | hang-turn | deaf
+      | overloaded | overloaded-once | crash-once
 Speaks just enough of the protocol for the pool and the multiplexer.
+FAKE_DELAY_S (environment) spaces the deltas out; FAKE_STATE (a path) is the
+marker file by which "-once" modes remember, across processes, that they
+already misbehaved.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
 
 MODE = sys.argv[1]
 DELTAS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+DELAY_S = float(os.environ.get("FAKE_DELAY_S", "0"))
+
+
+def first_time() -> bool:
+    """True once across all processes sharing FAKE_STATE."""
+    try:
+        with open(os.environ["FAKE_STATE"], "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 def send(obj: dict[str, object]) -> None:
@@ -30,6 +45,8 @@ def run_turn(thread_id: str, turn_id: str) -> None:
     notify("turn/started", threadId=thread_id, turn={"id": turn_id, "status": "inProgress"})
     item = "msg_" + uuid.uuid4().hex
     for i in range(DELTAS):
+        if DELAY_S:
+            time.sleep(DELAY_S)
         if MODE == "garbage":
             sys.stdout.write("this is not json\n[1,2]\n")
         notify(
@@ -82,12 +99,15 @@ def main() -> None:
                 }
             )
         elif method == "thread/start":
-            send(
-                {
-                    "id": request_id,
-                    "result": {"thread": {"id": uuid.uuid4().hex}, "model": "fake-model"},
-                }
-            )
+            if MODE == "overloaded" or (MODE == "overloaded-once" and first_time()):
+                error = {"code": -32001, "message": "server overloaded"}
+                send({"id": request_id, "error": error})
+                continue
+            thread = {"id": uuid.uuid4().hex}
+            send({"id": request_id, "result": {"thread": thread, "model": "fake-model"}})
+        elif method == "thread/resume":
+            thread = {"id": msg["params"]["threadId"]}
+            send({"id": request_id, "result": {"thread": thread, "model": "fake-model"}})
         elif method == "thread/inject_items":
             send({"id": request_id, "result": {}})
         elif method == "turn/start":
@@ -95,8 +115,13 @@ def main() -> None:
             turn_id = uuid.uuid4().hex
             turns[thread_id] = turn_id
             send({"id": request_id, "result": {"turn": {"id": turn_id, "status": "inProgress"}}})
+            if MODE == "crash-once" and first_time():
+                sys.stderr.write("fatal: crashed before any output\n")
+                sys.exit(9)
             run_turn(thread_id, turn_id)
         elif method == "turn/interrupt":
+            if MODE == "deaf":
+                continue  # never answers: a hung child
             thread_id = msg["params"]["threadId"]
             send({"id": request_id, "result": {}})
             notify(
