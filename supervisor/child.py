@@ -222,9 +222,12 @@ class Child:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                # Still connected: it did not go away by itself, we end it
+                # (cancellation, a failed handshake or a stop request).
+                ended_by_us = not peer.closed
                 code = await self._reap(process)
                 MANAGED_PIDS.discard(process.pid)
-                self.exit_reason = self._describe_exit(code)
+                self.exit_reason = self._describe_exit(code, ended_by_us)
                 peer.close(self.exit_reason)
                 self.state = ChildState.STOPPED
                 for turn in list(self.turns):
@@ -274,9 +277,11 @@ class Child:
     def stderr_tail(self, lines: int = 3) -> str:
         return " | ".join(list(self._stderr_tail)[-lines:])
 
-    def _describe_exit(self, code: int | None) -> str:
+    def _describe_exit(self, code: int | None, ended_by_us: bool) -> str:
         if self._stop.is_set():
             return self._stop_reason or "stopped by the supervisor"
+        if ended_by_us and code == 0:
+            return "stopped by the supervisor"
         if code is None:
             return "exit status unknown"
         if code < 0:

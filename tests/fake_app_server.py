@@ -59,7 +59,7 @@ def run_turn(thread_id: str, turn_id: str) -> None:
         if MODE == "crash-mid-turn" and i == 1:
             sys.stderr.write("fatal: simulated crash\n")
             sys.exit(17)
-    if MODE == "hang-turn":
+    if MODE in ("hang-turn", "deaf"):
         return  # never completes
     notify(
         "thread/tokenUsage/updated",

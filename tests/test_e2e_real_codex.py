@@ -8,6 +8,7 @@ survived it (tests.helpers.running_service).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -285,3 +286,48 @@ async def test_approval_requests_are_answered_by_policy(
     assert len(outputs) == 1
     assert expect_in_output in str(outputs[0])
     assert response.json()["choices"][0]["message"]["content"].startswith("Ran `")
+
+
+async def test_real_child_killed_mid_turn(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """kill -9 of a real codex mid-stream: the client gets a terminal error, the
+    pool replaces the child, the next request is served, nothing is left over."""
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(
+            tmp_path, codex_bin, scripted_model, restart_backoff_initial_s=0.05
+        ) as svc:
+            pool = svc.handle.pool
+            victim = pool.children[0]
+            lines: list[str] = []
+            async with svc.client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=chat_body(
+                    "[scenario:slow deltas=100 delay_ms=50] story",
+                    stream_options={"include_usage": True},
+                ),
+            ) as response:
+                deltas = 0
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if '"content":"w' in line:
+                        deltas += 1
+                        if deltas == 2:
+                            assert victim.pid is not None
+                            os.kill(victim.pid, signal.SIGKILL)
+            while not pool.live or pool.slots[0] is victim:
+                await pool.wait_changed()
+            again = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("[scenario:plain] hi", stream=False)
+            )
+    events = sse_events("\n".join(lines).encode())
+    (error,) = [e for e in events if isinstance(e, dict) and "error" in e]
+    assert error["error"]["code"] == "codex_exited"
+    assert "SIGKILL" in error["error"]["message"]
+    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["choices"] == []
+    assert events[-1] == "[DONE]"
+    assert again.status_code == 200
+    assert again.json()["choices"][0]["message"]["content"] == PLAIN_TEXT
+    assert "killed by SIGKILL" in (victim.exit_reason or "")

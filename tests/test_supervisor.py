@@ -507,3 +507,14 @@ async def test_retry_deadline_is_checked_as_retries_arrive(
     assert isinstance(events[0], TurnErrorEvent)  # the retry is still shown
     assert isinstance(events[-1], TurnCompleted)
     assert trio.current_time() == clock_start
+
+
+async def test_http_flood_of_deltas_arrives_whole(tmp_path: Path) -> None:
+    """A child writing 20,000 deltas as fast as it can: nothing lost or reordered."""
+    with trio.fail_after(60):
+        async with running_service(make_settings(tmp_path), fake("ok", 20_000)) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("flood", model="fake-model")
+            )
+    text = content_of(sse_events(response.content))
+    assert text == "".join(f"d{i} " for i in range(20_000))
