@@ -9,8 +9,9 @@ delta with 50 concurrent streams, and memory per open stream.
 
 Part 2 (the real binary): the service with real codex children pointed at
 the scripted model. Figures: request → first SSE byte and → first content
-delta with a warm pool, and what a cold child (spawn, initialize, thread,
-turn) costs before its first delta, i.e. a pool of 0.
+delta with a warm pool, an idle child's restart (admin request → its
+replacement ready), and what a cold child (spawn, initialize, thread, turn)
+costs before its first delta, i.e. a pool of 0.
 
 Loopback only; every loop is bounded.
 """
@@ -266,6 +267,29 @@ async def warm_latency(service: Service, *, requests: int) -> dict[str, Any]:
     }
 
 
+async def restart_latency(service: Service, *, runs: int) -> dict[str, Any]:
+    """An idle real child restarted through the admin API: request → new child ready."""
+    took: list[float] = []
+    for _ in range(runs):
+        before = (await service.client.get("/admin/pool")).json()["children"][0]
+        start = time.perf_counter()
+        response = await service.client.post("/admin/children/0/restart")
+        assert response.status_code == 202, response.text
+        with trio.fail_after(60):
+            while True:
+                now = (await service.client.get("/admin/pool")).json()["children"][0]
+                if now["pid"] != before["pid"] and now["state"] == "idle":
+                    break
+                await trio.sleep(0.005)
+        took.append((time.perf_counter() - start) * 1000)
+    return {
+        "runs": runs,
+        "restart_to_ready_ms_p50": round(statistics.median(took), 1),
+        "restart_to_ready_ms_min": round(min(took), 1),
+        "restart_to_ready_ms_max": round(max(took), 1),
+    }
+
+
 async def cold_latency(codex_bin: Path, base_url: str, *, runs: int) -> dict[str, Any]:
     """Spawn → initialize → thread → turn → first delta, one fresh child each."""
     totals: list[float] = []
@@ -322,6 +346,7 @@ async def main() -> None:
             async with service_process(codex_bin, env, pool_size=2) as service:
                 await warm_latency(service, requests=3)  # warm up
                 results["real_warm_pool"] = await warm_latency(service, requests=20)
+                results["real_child_restart"] = await restart_latency(service, runs=5)
         results["real_cold_child"] = await cold_latency(codex_bin, model.base_url, runs=5)
 
     RESULTS_DIR.mkdir(exist_ok=True)
