@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from .messages import JsonObject, ServerRequest, structure
+from .messages import JsonObject, Notification, ServerRequest, structure
 from .peer import JsonRpcPeer, ServerRequestRefused
 from .protocol import (
     AccountReadResult,
@@ -44,14 +44,30 @@ class ApprovalPolicy(enum.StrEnum):
     DECLINE = "decline"
     ACCEPT = "accept"
     CANCEL = "cancel"
+    #: Accept commands codex classifies as only reading, listing or searching
+    #: files; decline everything else (other commands, file changes).
+    ACCEPT_READ_ONLY = "accept-read-only"
 
 
 # The legacy (v1) approval methods use ReviewDecision values.
-_LEGACY_DECISIONS = {
-    ApprovalPolicy.DECLINE: "denied",
-    ApprovalPolicy.ACCEPT: "approved",
-    ApprovalPolicy.CANCEL: "abort",
-}
+_LEGACY_DECISIONS = {"decline": "denied", "accept": "approved", "cancel": "abort"}
+_READ_ONLY_ACTIONS = frozenset({"read", "listFiles", "search"})
+
+
+def _decide(policy: ApprovalPolicy, request: ServerRequest) -> str:
+    if policy is not ApprovalPolicy.ACCEPT_READ_ONLY:
+        return policy.value
+    actions = request.params.get("commandActions")
+    if (
+        request.method == "item/commandExecution/requestApproval"
+        and isinstance(actions, list)
+        and actions
+        and all(isinstance(a, dict) and a.get("type") in _READ_ONLY_ACTIONS for a in actions)
+    ):
+        return "accept"
+    return "decline"
+
+
 _APPROVAL_METHODS = frozenset(
     {"item/commandExecution/requestApproval", "item/fileChange/requestApproval"}
 )
@@ -77,9 +93,9 @@ def approval_answer(policy: ApprovalPolicy, request: ServerRequest) -> JsonObjec
     refresh); codex treats the error as a failed request and goes on.
     """
     if request.method in _APPROVAL_METHODS:
-        return {"decision": policy.value}
+        return {"decision": _decide(policy, request)}
     if request.method in _LEGACY_APPROVAL_METHODS:
-        return {"decision": _LEGACY_DECISIONS[policy]}
+        return {"decision": _LEGACY_DECISIONS[_decide(policy, request)]}
     raise ServerRequestRefused(f"codex-bridge does not support {request.method}")
 
 
@@ -106,9 +122,27 @@ class CodexClient:
 
     async def _answer_server_request(self, request: ServerRequest) -> Any:
         answer = approval_answer(self.approval_policy, request)
-        log.info("%s: answered %s with %s", self.peer.name, request.method, answer["decision"])
+        decision = str(answer["decision"])
+        log.info("%s: answered %s with %s", self.peer.name, request.method, decision)
+        # Tell the turn: its client should see that the bridge decided.
+        params = request.params
+        self.peer.deliver(
+            Notification(
+                "bridge/approval",
+                {
+                    "threadId": params.get("threadId"),
+                    "turnId": params.get("turnId"),
+                    "itemId": params.get("itemId"),
+                    "command": params.get("command"),
+                    "reason": params.get("reason"),
+                    "method": request.method,
+                    "decision": decision,
+                    "policy": self.approval_policy.value,
+                },
+            )
+        )
         if self.on_approval is not None:
-            self.on_approval(ApprovalDecision(request, str(answer["decision"])))
+            self.on_approval(ApprovalDecision(request, decision))
         return answer
 
     async def _call(

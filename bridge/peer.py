@@ -180,6 +180,16 @@ class JsonRpcPeer:
         if sink is None or self._routes.get(thread_id) is sink:
             self._routes.pop(thread_id, None)
 
+    def deliver(self, notification: Notification) -> None:
+        """Hand a notification to its thread's sink (or the default one).
+
+        The reader uses it for what the child sends; the client side may use
+        it for events of its own about a thread (e.g. an approval answered).
+        """
+        thread_id = notification.params.get("threadId")
+        sink = self._routes.get(thread_id) if isinstance(thread_id, str) else None
+        (sink or self.on_notification)(notification)
+
     # -- outgoing -------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
@@ -275,9 +285,7 @@ class JsonRpcPeer:
             )
             return
         if isinstance(message, Notification):
-            thread_id = message.params.get("threadId")
-            sink = self._routes.get(thread_id) if isinstance(thread_id, str) else None
-            (sink or self.on_notification)(message)
+            self.deliver(message)
         elif isinstance(message, Response | ErrorResponse):
             slot = self._pending.get(message.id) if message.id is not None else None
             if slot is None or slot.outcome is not None:

@@ -54,6 +54,13 @@ class ChunkEncoder:
     def piece(self, piece: Piece) -> bytes:
         if piece.content and not piece.reasoning:
             return self._head + self._content_key + orjson.dumps(piece.content) + self._tail
+        if piece.status is not None:
+            # OpenWebUI's status line; no `choices`, so only sent when enabled.
+            event = {
+                "type": "status",
+                "data": {"description": piece.status.description, "done": piece.status.done},
+            }
+            return b"data: " + orjson.dumps({"event": event}) + b"\n\n"
         delta: dict[str, str] = {}
         if piece.reasoning:
             delta["reasoning_content"] = piece.reasoning

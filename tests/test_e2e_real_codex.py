@@ -285,7 +285,10 @@ async def test_approval_requests_are_answered_by_policy(
     ]
     assert len(outputs) == 1
     assert expect_in_output in str(outputs[0])
-    assert response.json()["choices"][0]["message"]["content"].startswith("Ran `")
+    content = response.json()["choices"][0]["message"]["content"]
+    assert 'name="shell"' in content  # the command's card
+    assert ("Declined by the approval policy" in content) == (policy == "decline")
+    assert "Ran `echo done-42`. Output:" in content  # the answer after the card
 
 
 async def test_real_child_killed_mid_turn(

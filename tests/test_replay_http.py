@@ -168,7 +168,10 @@ async def test_reasoning_summary_is_streamed_as_reasoning_content(tmp_path: Path
         for c in events
         if isinstance(c, dict) and c.get("choices")
     )
-    expected = "".join(p["delta"] for p in recorded("reasoning", "item/reasoning/summaryTextDelta"))
+    parts: dict[int, str] = {}
+    for p in recorded("reasoning", "item/reasoning/summaryTextDelta"):
+        parts[p["summaryIndex"]] = parts.get(p["summaryIndex"], "") + p["delta"]
+    expected = "\n\n".join(parts[i] for i in sorted(parts))  # parts on paragraphs of their own
     assert reasoning == expected
     assert reasoning
     assert content_of(events) == recorded_text("reasoning")
