@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from supervisor.multiplexer import TurnMultiplexer, TurnRefused
@@ -21,7 +22,7 @@ from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan
 from .chat import ChatRequest, parse_body, parse_chat_request
 from .errors import ApiError, error_type_for_status
-from .render import Aggregate, TurnRenderer
+from .render import Aggregate, ReasoningFormat, RenderOptions, TurnRenderer
 from .sse import DONE, KEEPALIVE, ChunkEncoder
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,46 @@ def _refused(exc: TurnRefused) -> ApiError:
     )
 
 
+@attrs.frozen
+class FrontOptions:
+    """How requests become turns and turns become chunks."""
+
+    reasoning_format: ReasoningFormat = ReasoningFormat.FIELD
+    status_events: str = "auto"  # auto: for OpenWebUI requests (X-OpenWebUI-Chat-Id)
+    command_output_lines: int = 20
+    default_reasoning_effort: str | None = None
+    reasoning_summary: str | None = "auto"
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FrontOptions:
+        return cls(
+            reasoning_format=ReasoningFormat(settings.reasoning_format),
+            status_events=settings.status_events,
+            command_output_lines=settings.command_output_lines,
+            default_reasoning_effort=settings.default_reasoning_effort,
+            reasoning_summary=None
+            if settings.reasoning_summary == "none"
+            else settings.reasoning_summary,
+        )
+
+    def render_options(self, scope: Scope) -> RenderOptions:
+        status = self.status_events == "always" or (
+            self.status_events == "auto" and _header(scope, b"x-openwebui-chat-id") is not None
+        )
+        return RenderOptions(
+            reasoning=self.reasoning_format,
+            status_events=status,
+            command_output_lines=self.command_output_lines,
+        )
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
 class BridgeApp:
     """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``."""
 
@@ -63,11 +104,13 @@ class BridgeApp:
         self,
         multiplexer: TurnMultiplexer,
         *,
+        options: FrontOptions | None = None,
         keepalive_interval_s: float = 15.0,
         max_request_body_bytes: int = 8 * 1024 * 1024,
         admin_token: str | None = None,
     ) -> None:
         self.mux = multiplexer
+        self.options = options or FrontOptions()
         self.admin = AdminApp(multiplexer, token=admin_token)
         self.keepalive_interval_s = keepalive_interval_s
         self.max_request_body_bytes = max_request_body_bytes
@@ -192,7 +235,13 @@ class BridgeApp:
     # -- chat completions -----------------------------------------------------------
 
     async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chat = parse_chat_request(parse_body(await self._read_body(receive)))
+        options = self.options
+        chat = parse_chat_request(
+            parse_body(await self._read_body(receive)),
+            default_effort=options.default_reasoning_effort,
+            summary=options.reasoning_summary,
+        )
+        render = options.render_options(scope)
         if chat.model is not None:
             await self._check_model(chat.model)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
@@ -201,9 +250,9 @@ class BridgeApp:
             # open_turn interrupt the turn on its way out.
             nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
             if chat.stream:
-                await self._stream(chat, completion_id, send)
+                await self._stream(chat, completion_id, send, render)
             else:
-                await self._complete(chat, completion_id, send)
+                await self._complete(chat, completion_id, send, render)
             nursery.cancel_scope.cancel()
 
     @staticmethod
@@ -214,11 +263,13 @@ class BridgeApp:
                 scope.cancel()
                 return
 
-    async def _stream(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
+    async def _stream(
+        self, chat: ChatRequest, completion_id: str, send: Send, render: RenderOptions
+    ) -> None:
         encoder: ChunkEncoder | None = None
-        renderer = TurnRenderer()
+        renderer = TurnRenderer(render)
         for attempt in (1, 2):
-            renderer = TurnRenderer()
+            renderer = TurnRenderer(render)
             try:
                 async with self.mux.open_turn(chat.turn) as turn:
                     if encoder is None:
@@ -278,12 +329,16 @@ class BridgeApp:
                     {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
                 )
 
-    async def _complete(self, chat: ChatRequest, completion_id: str, send: Send) -> None:
-        renderer = TurnRenderer()
+    async def _complete(
+        self, chat: ChatRequest, completion_id: str, send: Send, render: RenderOptions
+    ) -> None:
+        # Status lines are for live streams only.
+        render = attrs.evolve(render, status_events=False)
+        renderer = TurnRenderer(render)
         aggregate = Aggregate()
         model = chat.model or ""
         for attempt in (1, 2):
-            renderer = TurnRenderer()
+            renderer = TurnRenderer(render)
             aggregate = Aggregate()
             try:
                 async with self.mux.open_turn(chat.turn) as turn:

@@ -16,6 +16,7 @@ import orjson
 
 from supervisor.turn import TurnRequest
 
+from .blocks import strip_bridge_markup
 from .errors import bad_request
 
 REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
@@ -102,7 +103,9 @@ def _check_number_fields(data: dict[str, Any]) -> None:
         raise bad_request("n > 1 is not supported: codex produces one answer per turn", param="n")
 
 
-def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
+def parse_chat_request(
+    data: dict[str, Any], *, default_effort: str | None = None, summary: str | None = "auto"
+) -> ChatRequest:
     """Validate a chat-completions body and build the codex turn for it.
 
     System and developer messages become the thread's developer instructions;
@@ -163,6 +166,10 @@ def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
         elif role in ("tool", "function"):
             name = message.get("name") or message.get("tool_call_id") or "tool"
             conversation.append(("user", f"[result of {name}]\n{text}"))
+        elif role == "assistant":
+            # Our own tool cards and <think> sections come back verbatim
+            # from chat frontends; the model must not read them as text.
+            conversation.append((role, strip_bridge_markup(text)))
         else:
             conversation.append((role, text))
 
@@ -184,6 +191,7 @@ def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
             model=model,
             developer_instructions="\n\n".join(instructions) or None,
             history=history,
-            effort=effort,
+            effort=effort or default_effort,
+            summary=summary,
         ),
     )

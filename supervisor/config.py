@@ -65,7 +65,29 @@ class Settings:
     # HTTP front
     host: str = attrs.field(default="127.0.0.1", validator=_non_empty)
     port: int = attrs.field(default=8088, validator=_port)
-    keepalive_interval_s: float = attrs.field(default=15.0, validator=_positive)
+    keepalive_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    #: reasoning_content (a separate field), think (<think> in content) or hidden
+    reasoning_format: str = attrs.field(
+        default="reasoning_content",
+        validator=attrs.validators.in_(["reasoning_content", "think", "hidden"]),
+    )
+    #: OpenWebUI status lines: auto (when X-OpenWebUI-Chat-Id is sent), always, never
+    status_events: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(["auto", "always", "never"])
+    )
+    #: Lines of a command's output shown in its card (the last ones)
+    command_output_lines: int = attrs.field(default=20, validator=_non_negative)
+    #: Reasoning effort when a request names none (None: the model's default)
+    default_reasoning_effort: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            attrs.validators.in_(["none", "minimal", "low", "medium", "high", "xhigh"])
+        ),
+    )
+    #: Reasoning summaries asked of the model, so there is reasoning to show
+    reasoning_summary: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(["auto", "concise", "detailed", "none"])
+    )
     max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
 
     # codex children

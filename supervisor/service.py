@@ -20,7 +20,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from http_front.app import BridgeApp
+from http_front.app import BridgeApp, FrontOptions
 
 from .child import ChildLaunch
 from .codex_binary import find_codex_binary
@@ -131,6 +131,7 @@ async def run_service(
     )
     app = BridgeApp(
         multiplexer,
+        options=FrontOptions.from_settings(settings),
         keepalive_interval_s=settings.keepalive_interval_s,
         max_request_body_bytes=settings.max_request_body_bytes,
         admin_token=settings.admin_token,
