@@ -65,7 +65,7 @@ async def test_command_execution_events_reach_the_turn() -> None:
     ]
     assert len(started) == 1
     assert len(completed) == 1
-    assert "echo done-42" in started[0].item["command"]
+    assert "echo line-$i" in started[0].item["command"]
     assert completed[0].item["exitCode"] == 0
     assert "done-42" in completed[0].item["aggregatedOutput"]
     output = [
@@ -73,9 +73,12 @@ async def test_command_execution_events_reach_the_turn() -> None:
         for e in events
         if isinstance(e, OtherEvent) and e.method == "item/commandExecution/outputDelta"
     ]
-    assert "done-42" in "".join(output)
+    # streamed while the command ran (the first line came with its start)
+    assert len(output) >= 2
+    assert "".join(output).endswith("line-2\nline-3\ndone-42\n")
+    assert completed[0].item["aggregatedOutput"] == "line-1\nline-2\nline-3\ndone-42\n"
     text = "".join(e.delta for e in events if isinstance(e, AgentMessageDelta))
-    assert text.startswith("Ran `echo done-42`")
+    assert text.startswith("Ran `for i in 1 2 3")
     assert isinstance(events[-1], TurnCompleted)
     assert events[-1].status is TurnStatus.COMPLETED
 
