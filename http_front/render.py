@@ -584,10 +584,12 @@ def classify_failure(message: str, info: Any) -> Failure:
     )
     if key == "usageLimitExceeded":
         return Failure(message, "insufficient_quota", "insufficient_quota", 429)
-    if key == "responseTooManyFailedAttempts" and isinstance(info, dict):
-        status = (info.get(key) or {}).get("httpStatusCode")
-        if status == 429:
-            return Failure(message, "rate_limit_error", "rate_limit_exceeded", 429)
+    http_status = (info.get(key) or {}).get("httpStatusCode") if isinstance(info, dict) else None
+    if http_status == 429:
+        return Failure(message, "rate_limit_error", "rate_limit_exceeded", 429)
+    if http_status in (401, 403) or key == "unauthorized":
+        # The model provider refused codex's credentials: an operator's problem.
+        return Failure(message, "authentication_error", "model_auth_failed", 502)
     if key == "contextWindowExceeded":
         return Failure(message, "invalid_request_error", "context_length_exceeded", 400)
     if key == "unauthorized":

@@ -11,10 +11,15 @@ context before codex finished it (client gone, error, cancellation) sends
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
+import os
+import shlex
+import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -32,6 +37,7 @@ from bridge.protocol import (
 
 from .child import Child, ChildState
 from .pool import Pool
+from .reaper import descendants, process_table
 from .turn import FailureKind, Turn, TurnRequest
 
 log = logging.getLogger(__name__)
@@ -464,6 +470,48 @@ class TurnMultiplexer:
             # its other turns are done.
             self.pool.restart(child, "a turn did not end after its interrupt")
         turn.fail(FailureKind.CANCELLED, "the turn was interrupted")
+        if turn.running_commands and child.pid is not None and not is_stopped(child):
+            await stop_commands(child.pid, list(turn.running_commands.values()))
+
+
+async def stop_commands(child_pid: int, commands: list[str]) -> None:
+    """Kill what is left of an interrupted turn's commands.
+
+    codex answers ``turn/interrupt`` but leaves a running command going, and
+    nobody will read its output any more. The item's ``processId`` is a pid
+    inside the sandbox's pid namespace, so the command is found by its argv
+    among the child's descendants; what is killed is the whole subtree that
+    codex started for it (the sandbox wrapper, a direct child of codex).
+    """
+    wanted = []
+    for command in commands:
+        with contextlib.suppress(ValueError):
+            wanted.append(shlex.split(command))
+    doomed = await trio.to_thread.run_sync(_command_subtrees, child_pid, wanted)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if doomed:
+        log.info("killed %d leftover process(es) of an interrupted turn", len(doomed))
+
+
+def _command_subtrees(child_pid: int, argvs: list[list[str]]) -> list[int]:
+    table = process_table()
+    found: set[int] = set()
+    for pid in descendants(child_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if argv.rstrip("\0").split("\0") not in argvs:
+            continue
+        top = pid  # climb to the process codex itself started
+        while top in table and table[top].ppid != child_pid:
+            top = table[top].ppid
+        if top in table:
+            found.add(top)
+            found.update(descendants(top))
+    return sorted(found)
 
 
 def is_stopped(child: Child) -> bool:

@@ -61,7 +61,7 @@ class _Proc(NamedTuple):
     sid: int
 
 
-def _processes() -> dict[int, _Proc]:
+def process_table() -> dict[int, _Proc]:
     """pid -> (state, ppid, pgid, sid) for every process we can see."""
     table: dict[int, _Proc] = {}
     if not _HAS_PROC:
@@ -81,7 +81,7 @@ def _processes() -> dict[int, _Proc]:
 def descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (children, grandchildren, …)."""
     children: dict[int, list[int]] = {}
-    for pid, proc in _processes().items():
+    for pid, proc in process_table().items():
         children.setdefault(proc.ppid, []).append(pid)
     found: list[int] = []
     stack = list(children.get(root, ()))
@@ -105,7 +105,7 @@ def reap_orphans() -> list[int]:
     """Reap zombies re-parented to us (not the pool's own children)."""
     me = os.getpid()
     reaped = []
-    for pid, proc in _processes().items():
+    for pid, proc in process_table().items():
         if proc.ppid == me and proc.state == "Z" and pid not in MANAGED_PIDS and _reap(pid):
             reaped.append(pid)
     return reaped
@@ -135,7 +135,7 @@ async def kill_descendants(
     remaining: list[int] = []
     with trio.move_on_after(timeout_s):
         while True:
-            table = _processes()
+            table = process_table()
             family = {pid for pid in family if pid in table}
             # Groups are remembered after their members are gone: a zombie
             # may still carry the group of its dead parent.

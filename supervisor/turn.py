@@ -21,6 +21,8 @@ from bridge.messages import Notification
 from bridge.protocol import (
     TURN_EVENT_PARSERS,
     AgentMessageDelta,
+    ItemCompleted,
+    ItemStarted,
     OtherEvent,
     ReasoningDelta,
     TurnCompleted,
@@ -154,6 +156,9 @@ class Turn:
         self._delivered_terminal = False
         self.failure_kind: FailureKind | None = None
         self._codex_finished = trio.Event()
+        #: Commands of this turn still running (item id → command line):
+        #: codex leaves them running when a turn is interrupted.
+        self.running_commands: dict[str, str] = {}
 
     # -- producer side (reader task of the child) -------------------------------
 
@@ -175,6 +180,8 @@ class Turn:
             if self.terminal is None:
                 self._finish(event)
             return
+        if isinstance(event, ItemStarted | ItemCompleted) and event.item_type == "commandExecution":
+            self._track_command(event)
         if self.terminal is not None:
             return
         if isinstance(event, TurnErrorEvent) and event.will_retry:
@@ -187,6 +194,15 @@ class Turn:
             self._last_progress = trio.current_time()
             self._last_retry = None
         self._push(event)
+
+    def _track_command(self, event: ItemStarted | ItemCompleted) -> None:
+        item_id = str(event.item.get("id"))
+        if isinstance(event, ItemCompleted):
+            self.running_commands.pop(item_id, None)
+            return
+        command = event.item.get("command")
+        if isinstance(command, str):
+            self.running_commands[item_id] = command
 
     def _retry_deadline(self) -> float:
         if self._last_retry is None:

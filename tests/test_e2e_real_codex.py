@@ -19,8 +19,9 @@ import pytest
 import trio
 
 from fixtures.codex_home import write_codex_home
-from fixtures.scenarios import PLAIN_TEXT
+from fixtures.scenarios import DROP_TEXT, PLAIN_TEXT
 from fixtures.scripted_model import ScriptedModelServer
+from supervisor.reaper import descendants
 from supervisor.service import child_launch
 from tests.helpers import (
     RunningService,
@@ -334,3 +335,136 @@ async def test_real_child_killed_mid_turn(
     assert again.status_code == 200
     assert again.json()["choices"][0]["message"]["content"] == PLAIN_TEXT
     assert "killed by SIGKILL" in (victim.exit_reason or "")
+
+
+# -- the whole turn, rendered (real binary) -------------------------------------------------
+
+OPENWEBUI = {"X-OpenWebUI-Chat-Id": "4c1f0b9e-0000-4000-8000-000000000002"}
+
+
+async def test_command_with_streamed_output(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    marker = '[scenario:exec login=0 cmd="for i in 1 2 3; do echo out-$i; sleep 0.2; done"] go'
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body(marker), headers=OPENWEBUI
+            )
+    events = sse_events(response.content)
+    content = content_of(events)
+    assert content.startswith('<details type="tool_calls" done="true" name="shell"')
+    assert "<summary>Ran `for i in 1 2 3; do echo out-$i; sleep 0.2; done` (exit 0" in content
+    assert "out-1\nout-2\nout-3\n```" in content
+    assert "</details>\n\nRan `for i in 1 2 3" in content  # then the model's answer
+    lines = [e["event"]["data"] for e in events if isinstance(e, dict) and "event" in e]
+    assert any(line["description"].startswith("Running… out-") for line in lines)
+    assert lines[-1] == {"description": "Done", "done": True}
+
+
+async def test_reasoning_end_to_end(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                json=chat_body("[scenario:reasoning] think", reasoning_effort="high", stream=False),
+            )
+    message = response.json()["choices"][0]["message"]
+    assert message["reasoning_content"].count("\n\n") == 1  # two summary parts
+    assert message["content"]
+    body = scripted_model.model.requests[0].body
+    assert body["reasoning"]["effort"] == "high"
+    assert body["reasoning"]["summary"] == "auto"  # asked for, so there is something to show
+
+
+async def test_dropped_stream_retry_is_not_duplicated(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("[scenario:stream_drop] tell me")
+            )
+    assert [r.attempt for r in scripted_model.model.requests] == [1, 2]
+    events = sse_events(response.content)
+    assert content_of(events) == DROP_TEXT
+    assert not [e for e in events if isinstance(e, dict) and "error" in e]
+
+
+def _running_command(root: int, argv: bytes) -> list[int]:
+    """Descendants of ``root`` whose argv contains ``argv`` (NUL-separated)."""
+    found = []
+    for pid in descendants(root):
+        try:
+            if argv in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+async def test_abort_during_a_command(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """The client leaves while codex runs a long command: the turn is interrupted,
+    the command's process dies with it, the child serves the next request."""
+    marker = '[scenario:exec login=0 cmd="echo started; sleep 30; echo never"] go'
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            child = svc.handle.pool.children[0]
+            async with svc.client.stream(
+                "POST", "/v1/chat/completions", json=chat_body(marker), headers=OPENWEBUI
+            ) as response:
+                async for line in response.aiter_lines():
+                    if "Running `echo started; sleep 30" in line:
+                        break  # the command runs: hang up
+            while child.load:
+                await svc.handle.pool.wait_changed()
+            assert child.usable
+            again = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("[scenario:plain] hi", stream=False)
+            )
+            assert again.json()["choices"][0]["message"]["content"] == PLAIN_TEXT
+            # no `sleep 30` left running under the child
+            assert (
+                await trio.to_thread.run_sync(_running_command, child.pid or 0, b"sleep\x0030")
+                == []
+            )
+
+
+async def test_rendered_answer_sent_back_never_reaches_the_model_as_markup(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    first = '[scenario:exec login=0 cmd="echo hi"] run it'
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(
+            tmp_path, codex_bin, scripted_model, reasoning_format="think"
+        ) as svc:
+            answer = await svc.client.post(
+                "/v1/chat/completions", json=chat_body(first, stream=False)
+            )
+            rendered = answer.json()["choices"][0]["message"]["content"]
+            assert "<details" in rendered
+            history = [
+                {"role": "user", "content": first},
+                {"role": "assistant", "content": "<think>\nmusing\n</think>\n\n" + rendered},
+                {"role": "user", "content": "[scenario:plain] and now?"},
+            ]
+            await svc.client.post(
+                "/v1/chat/completions",
+                json={"model": "scripted-model", "messages": history, "stream": False},
+            )
+    last = scripted_model.model.requests[-1].body
+    assistant = [
+        part["text"]
+        for item in last["input"]
+        if item.get("role") == "assistant"
+        for part in item["content"]
+    ]
+    assert assistant == ["Ran `echo hi`. Output: hi"]
+    sent = str(last["input"])
+    assert "<details" not in sent
+    assert "<think>" not in sent
+    assert "musing" not in sent
