@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -306,3 +307,66 @@ def test_block_helpers() -> None:
         output_lines=10,
     )
     assert "````console" in tricky  # a longer fence than any run inside
+
+
+async def test_a_whole_agent_turn_in_order(tmp_path: Path) -> None:
+    """Reasoning, then the command's card, then the answer; status lines around."""
+    events = await stream(tmp_path, "agent_at_work", headers=OPENWEBUI)
+    kinds: list[str] = []
+    for event in events:
+        if event == "[DONE]":
+            kind = "done"
+        elif "event" in event:
+            kind = "status"
+        elif "error" in event:
+            kind = "error"
+        elif not event["choices"]:
+            kind = "usage"
+        else:
+            delta = event["choices"][0]["delta"]
+            kind = (
+                "role"
+                if "role" in delta
+                else "reasoning"
+                if delta.get("reasoning_content")
+                else "content"
+                if delta.get("content")
+                else "finish"
+            )
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    assert kinds[0] == "role"
+    assert kinds[-3:] == ["finish", "usage", "done"]
+    first = {k: kinds.index(k) for k in ("reasoning", "content")}
+    assert first["reasoning"] < first["content"]
+    content = content_of(events)
+    (card,) = cards(content)
+    assert content.startswith(card)  # the card comes before any answer text
+    assert content.endswith(final_text("agent_at_work"))
+    assert "Thinking…" in [s["description"] for s in statuses(events)]
+
+
+async def test_abort_while_queued_leaves_the_queue(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_turns_per_child=1, queue_size=5, queue_timeout_s=30)
+    with trio.fail_after(30):
+        async with running_service(settings, fake("hang-turn")) as svc:
+            mux = svc.handle.multiplexer
+            async with svc.client.stream(
+                "POST", "/v1/chat/completions", json=chat_body("first", model="fake-model")
+            ) as first:
+                chunks = first.aiter_bytes()  # kept: dropping it would close the stream
+                await chunks.__anext__()  # the first turn runs, and never ends
+                async with httpx.AsyncClient(base_url=svc.url) as other:
+                    with trio.move_on_after(0.3):
+                        await other.post(
+                            "/v1/chat/completions", json=chat_body("second", model="fake-model")
+                        )
+                    assert mux.queued <= 1
+                # the second client gave up while queued
+                while mux.queued:
+                    await svc.handle.pool.wait_changed()
+                assert svc.handle.pool.children[0].turns_served == 0
+                assert mux.active_turns == 1
+                del chunks
+            while mux.active_turns:
+                await svc.handle.pool.wait_changed()
