@@ -158,7 +158,8 @@ class Pool:
             elif child is not None and child.state is ChildState.DRAINING:
                 reasons.append(f"{child.name}: draining")
             elif child is not None and child.state is ChildState.STARTING:
-                reasons.append(f"{child.name}: starting")
+                last = f" (the last one {slot.last_exit_reason})" if slot.last_exit_reason else ""
+                reasons.append(f"{child.name}: starting{last}")
             elif slot.last_exit_reason:
                 reasons.append(f"slot {slot.index}: {slot.last_exit_reason}")
         if not reasons:
