@@ -5,10 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
-
-import attrs
 
 from .messages import JsonObject, Notification, ServerRequest, structure
 from .peer import JsonRpcPeer, ServerRequestRefused
@@ -74,17 +71,6 @@ _APPROVAL_METHODS = frozenset(
 _LEGACY_APPROVAL_METHODS = frozenset({"execCommandApproval", "applyPatchApproval"})
 
 
-@attrs.frozen
-class ApprovalDecision:
-    """What was answered to one server request, for observers."""
-
-    request: ServerRequest
-    decision: str
-
-
-ApprovalObserver = Callable[[ApprovalDecision], None]
-
-
 def approval_answer(policy: ApprovalPolicy, request: ServerRequest) -> JsonObject:
     """The reply to a server request under ``policy``.
 
@@ -113,11 +99,9 @@ class CodexClient:
         peer: JsonRpcPeer,
         *,
         approval_policy: ApprovalPolicy = ApprovalPolicy.DECLINE,
-        on_approval: ApprovalObserver | None = None,
     ) -> None:
         self.peer = peer
         self.approval_policy = approval_policy
-        self.on_approval = on_approval
         peer.on_server_request = self._answer_server_request
 
     async def _answer_server_request(self, request: ServerRequest) -> Any:
@@ -141,8 +125,6 @@ class CodexClient:
                 },
             )
         )
-        if self.on_approval is not None:
-            self.on_approval(ApprovalDecision(request, decision))
         return answer
 
     async def _call(

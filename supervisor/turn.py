@@ -114,7 +114,9 @@ class Turn:
     """Events of one running turn, in order, ending with one TurnCompleted.
 
     Created by the multiplexer; consumers use :meth:`next_event` (or async
-    iteration) and never see anything after the terminal event.
+    iteration) and never see anything after the terminal event. Leaving the
+    multiplexer's ``open_turn`` context interrupts a turn codex has not
+    finished.
 
     Slow consumers: the child's reader must never wait for one turn's
     consumer (it serves every thread of the child), so events are queued.

@@ -47,6 +47,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def make_turn(**kwargs: Any) -> Turn:
+    """A turn on thread "t", fed by hand."""
+    return Turn(thread_id="t", child_name="c", model="m", **kwargs)
+
+
 def state_of(child: Child) -> ChildState:
     return child.state
 
@@ -269,7 +274,7 @@ def _delta(thread: str, text: str, turn: str = "u1") -> Notification:
 async def test_silent_turn_fails_at_the_idle_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8, idle_timeout_s=42)
+    turn = make_turn(buffer_size=8, idle_timeout_s=42)
     turn.turn_id = "u1"
     turn.on_notification(_delta("t", "a"))
     start = trio.current_time()
@@ -283,14 +288,7 @@ async def test_silent_turn_fails_at_the_idle_deadline(
 
 
 async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
-    turn = Turn(
-        thread_id="t",
-        child_name="c",
-        model="m",
-        buffer_size=8,
-        idle_timeout_s=10,
-        turn_timeout_s=25,
-    )
+    turn = make_turn(buffer_size=8, idle_timeout_s=10, turn_timeout_s=25)
     events = []
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -309,7 +307,7 @@ async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
 
 
 async def test_lagging_consumer_gets_bursts_merged_not_lost() -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=16)
+    turn = make_turn(buffer_size=16)
     assert turn.coalesce_after == 2
     texts = [f"{i} " for i in range(1000)]
     for text in texts:
@@ -329,7 +327,7 @@ async def test_lagging_consumer_gets_bursts_merged_not_lost() -> None:
 
 
 async def test_deltas_of_different_items_are_not_merged() -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8)
+    turn = make_turn(buffer_size=8)
     for i in range(6):
         item = "a" if i < 3 else "b"
         turn.on_notification(
@@ -344,7 +342,7 @@ async def test_deltas_of_different_items_are_not_merged() -> None:
 
 
 async def test_too_many_unmergeable_events_fail_the_turn() -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=4)
+    turn = make_turn(buffer_size=4)
     for i in range(10):
         turn.on_notification(
             Notification(
@@ -362,7 +360,7 @@ async def test_too_many_unmergeable_events_fail_the_turn() -> None:
 
 
 async def test_completion_of_another_turn_is_ignored() -> None:
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=8)
+    turn = make_turn(buffer_size=8)
     turn.turn_id = "mine"
     turn.on_notification(
         Notification(
@@ -438,14 +436,7 @@ async def test_turn_that_only_retries_fails_at_the_retry_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """codex retries an unreachable model forever; the turn must not."""
-    turn = Turn(
-        thread_id="t",
-        child_name="c",
-        model="m",
-        buffer_size=64,
-        idle_timeout_s=600,
-        retry_timeout_s=30,
-    )
+    turn = make_turn(buffer_size=64, idle_timeout_s=600, retry_timeout_s=30)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
@@ -468,14 +459,7 @@ async def test_turn_that_only_retries_fails_at_the_retry_deadline(
 
 
 async def test_progress_resets_the_retry_deadline(autojump_clock: trio.testing.MockClock) -> None:
-    turn = Turn(
-        thread_id="t",
-        child_name="c",
-        model="m",
-        buffer_size=64,
-        idle_timeout_s=600,
-        retry_timeout_s=30,
-    )
+    turn = make_turn(buffer_size=64, idle_timeout_s=600, retry_timeout_s=30)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
 
@@ -500,7 +484,7 @@ async def test_retry_deadline_is_checked_as_retries_arrive(
 ) -> None:
     """A consumer that is busy elsewhere still sees the turn end on time."""
     clock_start = trio.current_time()
-    turn = Turn(thread_id="t", child_name="c", model="m", buffer_size=64, retry_timeout_s=0.0)
+    turn = make_turn(buffer_size=64, retry_timeout_s=0.0)
     turn.on_notification(_retrying())  # already past the deadline on arrival
     assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
     events = await collect(turn)
