@@ -203,6 +203,13 @@ class Child:
         # Raised after the process is reaped, and outside the nursery so the
         # pool's ``nursery.start`` sees it as is, not inside an ExceptionGroup.
         start_error: ChildStartError | None = None
+        went_away = False  # the child closed its output before we ended it
+
+        async def watch_output() -> None:
+            nonlocal went_away
+            await peer.wait_closed()
+            went_away = True
+
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(peer.run)
@@ -218,13 +225,13 @@ class Child:
                     task_status.started(self)
                     async with trio.open_nursery() as watch:
                         watch.start_soon(self._cancel_on, self._stop.wait, watch.cancel_scope)
-                        watch.start_soon(self._cancel_on, peer.wait_closed, watch.cancel_scope)
+                        watch.start_soon(self._cancel_on, watch_output, watch.cancel_scope)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                # Still connected: it did not go away by itself, we end it
-                # (cancellation, a failed handshake or a stop request).
-                ended_by_us = not peer.closed
+                # Unless it went away by itself, we end it (cancellation, a
+                # failed handshake or a stop request).
+                ended_by_us = not went_away and start_error is None
                 code = await self._reap(process)
                 MANAGED_PIDS.discard(process.pid)
                 self.exit_reason = self._describe_exit(code, ended_by_us)
