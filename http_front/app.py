@@ -9,18 +9,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from supervisor.multiplexer import TurnMultiplexer, TurnRefused
-from supervisor.turn import FailureKind, Turn
+from supervisor.multiplexer import ThreadUnavailable, TurnMultiplexer, TurnRefused
+from supervisor.turn import FailureKind, Turn, TurnRequest
 
 from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan
 from .chat import ChatRequest, parse_body, parse_chat_request
+from .conversation.manager import Conversations
 from .errors import ApiError, error_type_for_status
 from .render import Aggregate, ReasoningFormat, RenderOptions, TurnRenderer
 from .sse import DONE, KEEPALIVE, ChunkEncoder
@@ -105,12 +106,16 @@ class BridgeApp:
         multiplexer: TurnMultiplexer,
         *,
         options: FrontOptions | None = None,
+        conversations: Conversations | None = None,
         keepalive_interval_s: float = 15.0,
         max_request_body_bytes: int = 8 * 1024 * 1024,
         admin_token: str | None = None,
     ) -> None:
         self.mux = multiplexer
         self.options = options or FrontOptions()
+        self.conversations = conversations or Conversations(
+            None, workspace_root=multiplexer.workspace_dir or "."
+        )
         self.admin = AdminApp(multiplexer, token=admin_token)
         self.keepalive_interval_s = keepalive_interval_s
         self.max_request_body_bytes = max_request_body_bytes
@@ -236,24 +241,32 @@ class BridgeApp:
 
     async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         options = self.options
+        body = parse_body(await self._read_body(receive))
         chat = parse_chat_request(
-            parse_body(await self._read_body(receive)),
+            body,
             default_effort=options.default_reasoning_effort,
             summary=options.reasoning_summary,
         )
         render = options.render_options(scope)
         if chat.model is not None:
             await self._check_model(chat.model)
+        kind, key = self.conversations.classify(scope.get("headers", []), body)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
-        async with trio.open_nursery() as nursery:
-            # A client that goes away cancels everything below, which makes
-            # open_turn interrupt the turn on its way out.
-            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-            if chat.stream:
-                await self._stream(chat, completion_id, send, render)
-            else:
-                await self._complete(chat, completion_id, send, render)
-            nursery.cancel_scope.cancel()
+        async with self.conversations.one_at_a_time(key):
+            plan = await self.conversations.plan(kind, key, chat)
+            try:
+                async with trio.open_nursery() as nursery:
+                    # A client that goes away cancels everything below, which
+                    # makes open_turn interrupt the turn on its way out.
+                    nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+                    run = self._stream if chat.stream else self._complete
+                    outcome = await run(chat, plan.candidates, completion_id, send, render)
+                    if outcome is not None and outcome.completed:
+                        await self.conversations.remember(plan, outcome.thread_id, outcome.content)
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.conversations.finish(plan)
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -264,14 +277,23 @@ class BridgeApp:
                 return
 
     async def _stream(
-        self, chat: ChatRequest, completion_id: str, send: Send, render: RenderOptions
-    ) -> None:
+        self,
+        chat: ChatRequest,
+        candidates: Sequence[TurnRequest],
+        completion_id: str,
+        send: Send,
+        render: RenderOptions,
+    ) -> Outcome | None:
         encoder: ChunkEncoder | None = None
         renderer = TurnRenderer(render)
-        for attempt in (1, 2):
+        index = retried = 0
+        thread_id = ""
+        while True:
             renderer = TurnRenderer(render)
+            turn: Turn | None = None
             try:
-                async with self.mux.open_turn(chat.turn) as turn:
+                async with self.mux.open_turn(candidates[index]) as turn:
+                    thread_id = turn.thread_id
                     if encoder is None:
                         await send(
                             {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
@@ -287,13 +309,23 @@ class BridgeApp:
                             }
                         )
                     await self._pump(turn, encoder, send, renderer)
+            except ThreadUnavailable as exc:
+                if index + 1 < len(candidates):
+                    log.info("%s; continuing on a fresh thread", exc.message)
+                    index += 1
+                    continue
+                if encoder is None:
+                    await _send_error(send, _refused(exc))
+                    return None
+                renderer.refused(exc.message, exc.code, exc.status)
             except TurnRefused as exc:
                 if encoder is None:
                     await _send_error(send, _refused(exc))
-                    return
+                    return None
                 renderer.refused(exc.message, exc.code, exc.status)
-            if attempt == 1 and _retry_elsewhere(turn, renderer):
+            if turn is not None and not retried and _retry_elsewhere(turn, renderer):
                 log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                retried = 1
                 continue
             break
         assert encoder is not None
@@ -306,6 +338,7 @@ class BridgeApp:
             tail.append(encoder.usage(renderer.usage()))
         tail.append(DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+        return Outcome(thread_id, renderer.content(), failure is None)
 
     async def _pump(
         self, turn: Turn, encoder: ChunkEncoder, send: Send, renderer: TurnRenderer
@@ -330,27 +363,42 @@ class BridgeApp:
                 )
 
     async def _complete(
-        self, chat: ChatRequest, completion_id: str, send: Send, render: RenderOptions
-    ) -> None:
+        self,
+        chat: ChatRequest,
+        candidates: Sequence[TurnRequest],
+        completion_id: str,
+        send: Send,
+        render: RenderOptions,
+    ) -> Outcome | None:
         # Status lines are for live streams only.
         render = attrs.evolve(render, status_events=False)
         renderer = TurnRenderer(render)
         aggregate = Aggregate()
         model = chat.model or ""
-        for attempt in (1, 2):
+        index = retried = 0
+        thread_id = ""
+        while True:
             renderer = TurnRenderer(render)
             aggregate = Aggregate()
             try:
-                async with self.mux.open_turn(chat.turn) as turn:
-                    model = chat.model or turn.model
+                async with self.mux.open_turn(candidates[index]) as turn:
+                    model, thread_id = chat.model or turn.model, turn.thread_id
                     async for event in turn:
                         for piece in renderer.feed(event):
                             aggregate.add(piece)
+            except ThreadUnavailable as exc:
+                if index + 1 < len(candidates):
+                    log.info("%s; continuing on a fresh thread", exc.message)
+                    index += 1
+                    continue
+                await _send_error(send, _refused(exc))
+                return None
             except TurnRefused as exc:
                 await _send_error(send, _refused(exc))
-                return
-            if attempt == 1 and _retry_elsewhere(turn, renderer):
+                return None
+            if not retried and _retry_elsewhere(turn, renderer):
                 log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                retried = 1
                 continue
             break
         failure = renderer.failure()
@@ -359,7 +407,7 @@ class BridgeApp:
                 send,
                 ApiError(failure.status, failure.message, type=failure.type, code=failure.code),
             )
-            return
+            return None
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
@@ -377,6 +425,16 @@ class BridgeApp:
                 "usage": renderer.usage().to_openai(),
             },
         )
+        return Outcome(thread_id, aggregate.content, True)
+
+
+@attrs.frozen
+class Outcome:
+    """How a turn ended, for the conversation mapping."""
+
+    thread_id: str
+    content: str
+    completed: bool
 
 
 def _retry_elsewhere(turn: Turn, renderer: TurnRenderer) -> bool:

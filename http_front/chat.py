@@ -39,6 +39,9 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     turn: TurnRequest
+    #: Every message as (role, text), system ones included, markup stripped:
+    #: what a conversation's history signatures are made of.
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -182,10 +185,12 @@ def parse_chat_request(
             param=f"messages[{len(messages) - 1}].content",
         )
     history = tuple(_history_item(role, text) for role, text in conversation[:-1] if text)
+    everything = tuple(("system", text) for text in instructions) + tuple(conversation)
     return ChatRequest(
         model=model,
         stream=stream,
         include_usage=include_usage,
+        messages=everything,
         turn=TurnRequest(
             text=prompt,
             model=model,

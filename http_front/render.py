@@ -133,6 +133,7 @@ class TurnRenderer:
         self.last_error: TurnErrorEvent | None = None
         #: Pieces rendered so far: whether the client has seen anything.
         self.shown = 0
+        self._content_parts: list[str] = []
         self._refusal: Failure | None = None
         # agent text
         self._content_tail = ""  # last characters of content, for separators
@@ -153,7 +154,12 @@ class TurnRenderer:
     def feed(self, event: TurnEvent) -> list[Piece]:
         pieces = _EVENT_HANDLERS[type(event)](self, event)
         self.shown += len(pieces)
+        self._content_parts.extend(p.content for p in pieces if p.content)
         return pieces
+
+    def content(self) -> str:
+        """All content rendered so far (what the client will send back as history)."""
+        return "".join(self._content_parts)
 
     def refused(self, message: str, code: str, status: int) -> None:
         """The turn could not even start (e.g. on a retry after the stream began)."""

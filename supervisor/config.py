@@ -139,6 +139,21 @@ class Settings:
     overload_retries: int = attrs.field(default=3, validator=_non_negative)
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
 
+    #: Where conversation → thread mappings live: sqlite:///PATH or redis://HOST:PORT/DB
+    #: (default: a SQLite file under the state directory)
+    state_url: str | None = None
+    state_key_prefix: str = "codex-bridge:"
+    #: Mappings are forgotten this long after a conversation's last turn
+    state_ttl_s: float = attrs.field(default=30 * 86400.0, validator=_positive)
+    #: Headers that name a conversation, first match wins (body: metadata.conversation_id, user)
+    conversation_headers: str = "X-OpenWebUI-Chat-Id,X-Conversation-Id"
+    #: A second request for a conversation with a turn running: wait, or reject (409)
+    conversation_busy: str = attrs.field(
+        default="wait", validator=attrs.validators.in_(["wait", "reject"])
+    )
+    #: Model for title/tags/follow-up requests (default: the request's)
+    task_model: str | None = None
+
     #: Bearer token for /admin/; without one, /admin/ serves loopback clients only.
     admin_token: str | None = None
 
@@ -149,6 +164,13 @@ class Settings:
     @property
     def codex_home_path(self) -> Path:
         return Path(self.codex_home).expanduser()
+
+    @property
+    def state_url_or_default(self) -> str:
+        if self.state_url:
+            return self.state_url
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return f"sqlite:///{Path(state) / 'codex-bridge' / 'conversations.sqlite3'}"
 
 
 _CONVERTER = cattrs.Converter()

@@ -21,10 +21,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from http_front.app import BridgeApp, FrontOptions
+from http_front.conversation.manager import Conversations
+from http_front.conversation.store import StoreError, open_store
 
 from .child import ChildLaunch
 from .codex_binary import find_codex_binary
-from .config import Settings
+from .config import ConfigError, Settings
 from .multiplexer import TurnMultiplexer
 from .pool import Pool, PoolPolicy
 from .reaper import OrphanReaper, enable_subreaper, reap_all_orphans
@@ -129,8 +131,24 @@ async def run_service(
         workspace_dir=settings.workspace_dir,
         default_model=settings.default_model,
     )
+    try:
+        store = open_store(
+            settings.state_url_or_default,
+            prefix=settings.state_key_prefix,
+            ttl_s=settings.state_ttl_s,
+        )
+    except StoreError as exc:
+        raise ConfigError(f"invalid setting 'state_url': {exc}") from exc
+    conversations = Conversations(
+        store,
+        workspace_root=settings.workspace_dir,
+        header_names=[h.strip() for h in settings.conversation_headers.split(",") if h.strip()],
+        busy_policy=settings.conversation_busy,
+        task_model=settings.task_model,
+    )
     app = BridgeApp(
         multiplexer,
+        conversations=conversations,
         options=FrontOptions.from_settings(settings),
         keepalive_interval_s=settings.keepalive_interval_s,
         max_request_body_bytes=settings.max_request_body_bytes,
@@ -177,6 +195,8 @@ async def run_service(
         # Hypercorn has returned. Cancelling the pool stops and reaps every child.
         log.info("HTTP server stopped; stopping the pool")
         nursery.cancel_scope.cancel()
+    with trio.CancelScope(shield=True):
+        await store.aclose()
     if reaping:
         left = await reap_all_orphans()
         if left:

@@ -29,6 +29,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "pool_size": 1,
         "codex_home": str(tmp_path / "codex-home"),
         "workspace_dir": str(tmp_path / "workspace"),
+        "state_url": f"sqlite:///{tmp_path / 'state' / 'conversations.sqlite3'}",
         "keepalive_interval_s": 5.0,
         "restart_backoff_initial_s": 0.05,
         "stop_grace_s": 2.0,

@@ -407,8 +407,8 @@ async def test_http_429_with_retry_after_when_saturated(tmp_path: Path, stream: 
                 "POST", "/v1/chat/completions", json=chat_body("first", model="fake-model")
             ) as first,
         ):
-            async for _ in first.aiter_bytes():
-                break  # the first turn runs (and never ends)
+            chunks = first.aiter_bytes()  # kept: dropping it would close the stream
+            await chunks.__anext__()  # the first turn runs (and never ends)
             refused = await svc.client.post(
                 "/v1/chat/completions",
                 json=chat_body("second", model="fake-model", stream=stream),

@@ -1,0 +1,1 @@
+"""Conversation continuity: one codex thread per chat, found again by key."""

@@ -1,0 +1,153 @@
+"""From a chat request to the turn(s) to try, and the mapping kept afterwards.
+
+A request with a conversation key continues that conversation's thread when
+its history extends what the thread has seen: only the new user message(s)
+are sent. Otherwise (an edited message, a regenerated answer, an unknown
+key, a thread codex can no longer resume) the turn runs on a fresh thread
+seeded with the request's history, and the mapping follows it. Background
+tasks and requests without a key run on ephemeral threads and leave every
+mapping alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervisor.turn import TurnRequest
+
+from ..chat import ChatRequest
+from ..errors import ApiError
+from .identity import (
+    RequestKind,
+    conversation_key,
+    is_background_task,
+    signature,
+    workspace_name,
+)
+from .store import ConversationStore, Record
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Plan:
+    """The turns to try, in order, and how to remember the one that ran."""
+
+    kind: RequestKind
+    candidates: tuple[TurnRequest, ...]
+    key: str | None = None
+    signatures: tuple[str, ...] = ()
+    scratch: Path | None = None
+
+
+class _Gate:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
+
+
+class Conversations:
+    def __init__(
+        self,
+        store: ConversationStore | None,
+        *,
+        workspace_root: str,
+        header_names: Sequence[str] = ("x-openwebui-chat-id", "x-conversation-id"),
+        busy_policy: str = "wait",
+        task_model: str | None = None,
+    ) -> None:
+        self.store = store
+        self.workspace_root = Path(workspace_root)
+        self.header_names = tuple(header_names)
+        self.busy_policy = busy_policy
+        self.task_model = task_model
+        self._gates: dict[str, _Gate] = {}
+
+    def classify(
+        self, headers: Sequence[tuple[bytes, bytes]], body: dict[str, Any]
+    ) -> tuple[RequestKind, str | None]:
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        if is_background_task(headers, body, messages or []):
+            return RequestKind.TASK, None
+        key = conversation_key(headers, body, self.header_names)
+        if key is None or self.store is None:
+            return RequestKind.STATELESS, None
+        return RequestKind.CONVERSATION, key
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, key: str | None) -> AsyncIterator[None]:
+        """Serialize a conversation's turns (a second turn/start would steer the first)."""
+        if key is None:
+            yield
+            return
+        gate = self._gates.setdefault(key, _Gate())
+        if self.busy_policy == "reject" and gate.lock.locked():
+            raise ApiError(
+                409,
+                "this conversation already has a turn running; retry when it has finished",
+                type="invalid_request_error",
+                code="conversation_busy",
+            )
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[key]
+
+    async def plan(self, kind: RequestKind, key: str | None, chat: ChatRequest) -> Plan:
+        turn = chat.turn
+        if kind is RequestKind.TASK:
+            model = self.task_model or turn.model
+            return Plan(kind, (attrs.evolve(turn, model=model, ephemeral=True),))
+        if kind is RequestKind.STATELESS or key is None:
+            scratch = self.workspace_root / "scratch" / uuid.uuid4().hex
+            await trio.Path(scratch).mkdir(parents=True)
+            return Plan(kind, (attrs.evolve(turn, cwd=str(scratch)),), scratch=scratch)
+        assert self.store is not None
+        cwd = self.workspace_root / "conversations" / workspace_name(key)
+        await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
+        signatures = tuple(signature(role, text) for role, text in chat.messages)
+        fresh = attrs.evolve(turn, ephemeral=False, cwd=str(cwd))
+        record = await self.store.get(key)
+        candidates: tuple[TurnRequest, ...] = (fresh,)
+        if record is not None:
+            seen = record.seen
+            new = chat.messages[len(seen) :]
+            if signatures[: len(seen)] == seen and new and all(role == "user" for role, _ in new):
+                text = "\n\n".join(content for _, content in new)
+                cont = attrs.evolve(
+                    fresh,
+                    text=text,
+                    thread_id=record.thread_id,
+                    history=(),
+                    developer_instructions=None,
+                )
+                candidates = (cont, fresh)
+            else:
+                log.info("conversation %s diverged from its thread; starting a fresh one", key)
+        return Plan(kind, candidates, key, signatures)
+
+    async def remember(self, plan: Plan, thread_id: str, answer: str) -> None:
+        """After a completed turn: the thread now has seen the history and the answer."""
+        if plan.kind is not RequestKind.CONVERSATION or plan.key is None or self.store is None:
+            return
+        seen = (*plan.signatures, signature("assistant", answer))
+        await self.store.put(plan.key, Record(thread_id, seen))
+
+    async def finish(self, plan: Plan) -> None:
+        if plan.scratch is not None:
+            await trio.to_thread.run_sync(shutil.rmtree, plan.scratch, True)
