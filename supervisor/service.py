@@ -165,7 +165,7 @@ async def run_service(
     stop_server = trio.Event()
     handle = ServiceHandle("", pool, multiplexer, shutdown_requested)
 
-    async with trio.open_nursery() as nursery:
+    async with store, trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_handle_signals, handle, notifier)
         if reaping:
@@ -195,8 +195,6 @@ async def run_service(
         # Hypercorn has returned. Cancelling the pool stops and reaps every child.
         log.info("HTTP server stopped; stopping the pool")
         nursery.cancel_scope.cancel()
-    with trio.CancelScope(shield=True):
-        await store.aclose()
     if reaping:
         left = await reap_all_orphans()
         if left:

@@ -10,7 +10,7 @@ import trio
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
 from supervisor.codex_binary import CodexBinaryNotFound, find_codex_binary
 from supervisor.reaper import MANAGED_PIDS, enable_subreaper, reap_all_orphans
-from tests.helpers import describe_processes, leftover_processes
+from tests.helpers import SESSION_PROCESSES, describe_processes, leftover_processes
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,7 +23,11 @@ def _adopt_orphans() -> None:
 def _no_process_left_behind() -> Iterator[None]:
     """No test may leave a child, grandchild or zombie of ours behind."""
     yield
-    left = [pid for pid in leftover_processes(set()) if pid not in MANAGED_PIDS]
+    left = [
+        pid
+        for pid in leftover_processes(set())
+        if pid not in MANAGED_PIDS and pid not in SESSION_PROCESSES
+    ]
     if left:
         described = describe_processes(left)
         trio.run(reap_all_orphans)

@@ -20,6 +20,8 @@ from supervisor.config import Settings
 from supervisor.service import ServiceHandle, run_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Servers that session fixtures keep for the whole run (e.g. redis-server).
+SESSION_PROCESSES: set[int] = set()
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -43,6 +43,12 @@ class StoreError(Exception):
 
 
 class ConversationStore(Protocol):
+    """Used as ``async with store:`` by its owner, around all its users."""
+
+    async def __aenter__(self) -> ConversationStore: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
     async def get(self, key: str) -> Record | None: ...
 
     async def put(self, key: str, record: Record) -> None: ...
@@ -68,6 +74,12 @@ class SQLiteStore:
             "CREATE TABLE IF NOT EXISTS conversations ("
             " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL NOT NULL)"
         )
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -106,28 +118,30 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "", ttl_s: float = 30 * 86400) -> None:
         import coredis
 
+        # coredis wants its connection pool entered by the task that owns it,
+        # before other tasks share it: the service does ``async with store``.
         self._client: Any = coredis.Redis.from_url(url)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._entered = False
 
-    async def _redis(self) -> Any:
-        if not self._entered:
-            await self._client.__aenter__()
-            self._entered = True
-        return self._client
+    async def __aenter__(self) -> RedisStore:
+        await self._client.__aenter__()
+        self._entered = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def get(self, key: str) -> Record | None:
-        raw = await (await self._redis()).get(self.prefix + key)
+        raw = await self._client.get(self.prefix + key)
         return Record.decode(raw) if raw is not None else None
 
     async def put(self, key: str, record: Record) -> None:
-        await (await self._redis()).set(
-            self.prefix + key, record.encode(), ex=max(1, int(self.ttl_s))
-        )
+        await self._client.set(self.prefix + key, record.encode(), ex=max(1, int(self.ttl_s)))
 
     async def delete(self, key: str) -> None:
-        await (await self._redis()).delete([self.prefix + key])
+        await self._client.delete([self.prefix + key])
 
     async def aclose(self) -> None:
         if self._entered:

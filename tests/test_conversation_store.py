@@ -1,0 +1,141 @@
+"""The same contract for both conversation stores; Redis is a real redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from http_front.conversation.store import (
+    Record,
+    RedisStore,
+    SQLiteStore,
+    StoreError,
+    open_store,
+)
+from tests.helpers import SESSION_PROCESSES
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port (.ci/run installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: install Debian's redis-server (.ci/run does)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    SESSION_PROCESSES.add(server.pid)
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        SESSION_PROCESSES.discard(server.pid)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+) -> AsyncIterator[Any]:
+    prefix = f"test-{tmp_path.name}:"
+    if request.param == "sqlite":
+        made: Any = SQLiteStore(tmp_path / "state" / "c.sqlite3", prefix=prefix, ttl_s=60)
+    else:
+        made = RedisStore(redis_url, prefix=prefix, ttl_s=60)
+    async with made:
+        yield made
+
+
+async def test_get_put_delete(store: Any) -> None:
+    assert await store.get("chat-1") is None
+    record = Record("thread-1", ("a", "b"))
+    await store.put("chat-1", record)
+    assert await store.get("chat-1") == record
+    await store.put("chat-1", Record("thread-2", ("a", "b", "c")))
+    assert await store.get("chat-1") == Record("thread-2", ("a", "b", "c"))
+    await store.delete("chat-1")
+    assert await store.get("chat-1") is None
+    await store.delete("never-there")
+
+
+async def test_keys_are_independent(store: Any) -> None:
+    await store.put("x", Record("tx"))
+    await store.put("y", Record("ty"))
+    assert (await store.get("x"), await store.get("y")) == (Record("tx"), Record("ty"))
+
+
+async def test_concurrent_writers_leave_one_whole_record(store: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(store.put, "busy", Record(f"t{i}", (str(i),) * 3))
+    got = await store.get("busy")
+    assert got is not None
+    n = got.thread_id[1:]
+    assert got.seen == (n, n, n)
+
+
+async def test_records_expire(tmp_path: Path, redis_url: str) -> None:
+    for made in (
+        SQLiteStore(tmp_path / "e.sqlite3", ttl_s=1),
+        RedisStore(redis_url, prefix=f"exp-{tmp_path.name}:", ttl_s=1),
+    ):
+        async with made:
+            await made.put("k", Record("t"))
+            assert await made.get("k") == Record("t")
+            await trio.sleep(1.2)
+            assert await made.get("k") is None
+
+
+async def test_sqlite_survives_reopening_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    first = SQLiteStore(path)
+    await first.put("k", Record("t", ("x",)))
+    await first.aclose()
+    second = SQLiteStore(path)
+    assert await second.get("k") == Record("t", ("x",))
+    mode = second._db.execute("PRAGMA journal_mode").fetchone()[0]
+    await second.aclose()
+    assert mode == "wal"
+
+
+def test_open_store_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/x.sqlite3"), SQLiteStore)
+    assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
+    with pytest.raises(StoreError, match="unsupported state_url"):
+        open_store("mysql://nope")
