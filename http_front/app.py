@@ -254,16 +254,21 @@ class BridgeApp:
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         async with self.conversations.one_at_a_time(key):
             plan = await self.conversations.plan(kind, key, chat)
+            outcomes: list[Outcome] = []
             try:
                 async with trio.open_nursery() as nursery:
                     # A client that goes away cancels everything below, which
                     # makes open_turn interrupt the turn on its way out.
                     nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
                     run = self._stream if chat.stream else self._complete
-                    outcome = await run(chat, plan.candidates, completion_id, send, render)
-                    if outcome is not None and outcome.completed:
-                        await self.conversations.remember(plan, outcome.thread_id, outcome.content)
+                    await run(chat, plan.candidates, completion_id, send, render, outcomes.append)
                     nursery.cancel_scope.cancel()
+                outcome = outcomes[0] if outcomes else None
+                if outcome is not None and outcome.completed:
+                    # After the response: the server reports the finished
+                    # exchange as a disconnect, which must not cut this short.
+                    with trio.move_on_after(10, shield=True):
+                        await self.conversations.remember(plan, outcome.thread_id, outcome.content)
             finally:
                 with trio.CancelScope(shield=True):
                     await self.conversations.finish(plan)
@@ -283,7 +288,10 @@ class BridgeApp:
         completion_id: str,
         send: Send,
         render: RenderOptions,
-    ) -> Outcome | None:
+        on_outcome: Callable[[Outcome], None],
+    ) -> None:
+        """Stream the turn; ``on_outcome`` hears how it ended before the last bytes
+        go out (the server reports a finished response as a disconnect)."""
         encoder: ChunkEncoder | None = None
         renderer = TurnRenderer(render)
         index = retried = 0
@@ -316,12 +324,12 @@ class BridgeApp:
                     continue
                 if encoder is None:
                     await _send_error(send, _refused(exc))
-                    return None
+                    return
                 renderer.refused(exc.message, exc.code, exc.status)
             except TurnRefused as exc:
                 if encoder is None:
                     await _send_error(send, _refused(exc))
-                    return None
+                    return
                 renderer.refused(exc.message, exc.code, exc.status)
             if turn is not None and not retried and _retry_elsewhere(turn, renderer):
                 log.warning("%s died before the turn showed anything; retrying", turn.child_name)
@@ -337,8 +345,8 @@ class BridgeApp:
         if chat.include_usage:
             tail.append(encoder.usage(renderer.usage()))
         tail.append(DONE)
+        on_outcome(Outcome(thread_id, renderer.content(), failure is None))
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
-        return Outcome(thread_id, renderer.content(), failure is None)
 
     async def _pump(
         self, turn: Turn, encoder: ChunkEncoder, send: Send, renderer: TurnRenderer
@@ -369,7 +377,8 @@ class BridgeApp:
         completion_id: str,
         send: Send,
         render: RenderOptions,
-    ) -> Outcome | None:
+        on_outcome: Callable[[Outcome], None],
+    ) -> None:
         # Status lines are for live streams only.
         render = attrs.evolve(render, status_events=False)
         renderer = TurnRenderer(render)
@@ -392,10 +401,10 @@ class BridgeApp:
                     index += 1
                     continue
                 await _send_error(send, _refused(exc))
-                return None
+                return
             except TurnRefused as exc:
                 await _send_error(send, _refused(exc))
-                return None
+                return
             if not retried and _retry_elsewhere(turn, renderer):
                 log.warning("%s died before the turn showed anything; retrying", turn.child_name)
                 retried = 1
@@ -407,10 +416,11 @@ class BridgeApp:
                 send,
                 ApiError(failure.status, failure.message, type=failure.type, code=failure.code),
             )
-            return None
+            return
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
+        on_outcome(Outcome(thread_id, aggregate.content, True))
         await send_json(
             send,
             200,
@@ -425,7 +435,6 @@ class BridgeApp:
                 "usage": renderer.usage().to_openai(),
             },
         )
-        return Outcome(thread_id, aggregate.content, True)
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ import trio
 from fixtures.transcript import transcript_path
 from supervisor.child import ChildLaunch
 from supervisor.config import Settings
+from supervisor.reaper import MANAGED_PIDS
 from supervisor.service import ServiceHandle, run_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,8 @@ async def running_service(
             finally:
                 pgids.update(c.pid for c in handle.pool.children if c.pid is not None)
                 handle.shutdown()
-    left = leftover_processes(pgids)
+    # children of another service still running in this test are not ours
+    left = [pid for pid in leftover_processes(pgids) if pid not in MANAGED_PIDS]
     assert not left, f"processes outlived the service: {describe_processes(left)}"
 
 
