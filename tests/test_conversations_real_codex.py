@@ -276,3 +276,27 @@ async def test_two_instances_share_one_redis(
         if n < 4:
             expected.append(("assistant", PLAIN_TEXT))
     assert seen_by_model(last) == expected
+
+
+async def test_thread_codex_no_longer_knows_is_replaced_by_a_seeded_one(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """The mapping survives but CODEX_HOME was wiped: the user never sees an error."""
+    state = {"state_url": f"sqlite:///{tmp_path / 'shared-state.sqlite3'}"}
+    history = [user("[scenario:plain] first")]
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path / "old", codex_bin, scripted_model, **state) as svc:
+            body = await say(svc, history, "chat-lost")
+        history += [
+            assistant(body["choices"][0]["message"]["content"]),
+            user("[scenario:plain] second"),
+        ]
+        async with real_service(tmp_path / "new", codex_bin, scripted_model, **state) as svc:
+            await say(svc, history, "chat-lost")
+    first, second = scripted_model.model.requests
+    assert first.headers.get("session-id") != second.headers.get("session-id")
+    assert seen_by_model(second) == [
+        ("user", "[scenario:plain] first"),
+        ("assistant", PLAIN_TEXT),
+        ("user", "[scenario:plain] second"),
+    ]
