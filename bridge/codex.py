@@ -18,6 +18,7 @@ from .protocol import (
     ModelInfo,
     ModelListResult,
     ThreadResumeParams,
+    ThreadRevertParams,
     ThreadStartParams,
     ThreadStartResult,
     TurnInterruptParams,
@@ -180,6 +181,11 @@ class CodexClient:
             "thread/resume", params, ThreadStartResult, timeout_s
         )
         return result
+
+    async def thread_revert(
+        self, params: ThreadRevertParams, *, timeout_s: float = math.inf
+    ) -> None:
+        await self.peer.request("thread/revert", to_wire(params), timeout_s=timeout_s)
 
     async def thread_inject_items(
         self, params: InjectItemsParams, *, timeout_s: float = math.inf

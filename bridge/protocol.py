@@ -155,6 +155,13 @@ class ThreadResumeParams:
 
 
 @attrs.frozen
+class ThreadRevertParams:
+    thread_id: str
+    #: This turn and every later one leave the thread's history.
+    before_turn_id: str
+
+
+@attrs.frozen
 class InjectItemsParams:
     thread_id: str
     items: list[JsonObject]

@@ -261,14 +261,20 @@ class BridgeApp:
                     # makes open_turn interrupt the turn on its way out.
                     nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
                     run = self._stream if chat.stream else self._complete
-                    await run(chat, plan.candidates, completion_id, send, render, outcomes.append)
+                    await run(chat, plan.requests, completion_id, send, render, outcomes.append)
                     nursery.cancel_scope.cancel()
                 outcome = outcomes[0] if outcomes else None
                 if outcome is not None and outcome.completed:
                     # After the response: the server reports the finished
                     # exchange as a disconnect, which must not cut this short.
                     with trio.move_on_after(10, shield=True):
-                        await self.conversations.remember(plan, outcome.thread_id, outcome.content)
+                        await self.conversations.remember(
+                            plan,
+                            outcome.candidate,
+                            outcome.thread_id,
+                            outcome.turn_id,
+                            outcome.content,
+                        )
             finally:
                 with trio.CancelScope(shield=True):
                     await self.conversations.finish(plan)
@@ -295,13 +301,13 @@ class BridgeApp:
         encoder: ChunkEncoder | None = None
         renderer = TurnRenderer(render)
         index = retried = 0
-        thread_id = ""
+        thread_id = turn_id = ""
         while True:
             renderer = TurnRenderer(render)
             turn: Turn | None = None
             try:
                 async with self.mux.open_turn(candidates[index]) as turn:
-                    thread_id = turn.thread_id
+                    thread_id, turn_id = turn.thread_id, turn.turn_id
                     if encoder is None:
                         await send(
                             {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
@@ -345,7 +351,7 @@ class BridgeApp:
         if chat.include_usage:
             tail.append(encoder.usage(renderer.usage()))
         tail.append(DONE)
-        on_outcome(Outcome(thread_id, renderer.content(), failure is None))
+        on_outcome(Outcome(index, thread_id, turn_id, renderer.content(), failure is None))
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
 
     async def _pump(
@@ -385,13 +391,17 @@ class BridgeApp:
         aggregate = Aggregate()
         model = chat.model or ""
         index = retried = 0
-        thread_id = ""
+        thread_id = turn_id = ""
         while True:
             renderer = TurnRenderer(render)
             aggregate = Aggregate()
             try:
                 async with self.mux.open_turn(candidates[index]) as turn:
-                    model, thread_id = chat.model or turn.model, turn.thread_id
+                    model, thread_id, turn_id = (
+                        chat.model or turn.model,
+                        turn.thread_id,
+                        turn.turn_id,
+                    )
                     async for event in turn:
                         for piece in renderer.feed(event):
                             aggregate.add(piece)
@@ -420,7 +430,7 @@ class BridgeApp:
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
-        on_outcome(Outcome(thread_id, aggregate.content, True))
+        on_outcome(Outcome(index, thread_id, turn_id, aggregate.content, True))
         await send_json(
             send,
             200,
@@ -441,7 +451,9 @@ class BridgeApp:
 class Outcome:
     """How a turn ended, for the conversation mapping."""
 
+    candidate: int  # which of the requests ran
     thread_id: str
+    turn_id: str
     content: str
     completed: bool
 

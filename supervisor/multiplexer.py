@@ -30,6 +30,7 @@ from bridge.protocol import (
     ModelInfo,
     TextInput,
     ThreadResumeParams,
+    ThreadRevertParams,
     ThreadStartParams,
     TurnInterruptParams,
     TurnStartParams,
@@ -398,6 +399,14 @@ class TurnMultiplexer:
             if problem is not None:
                 raise NotAuthenticated(problem)
         thread_id, model = await self._open_thread(child, request, resume)
+        if request.revert_before_turn is not None:
+            try:
+                await child.client.thread_revert(
+                    ThreadRevertParams(thread_id, request.revert_before_turn),
+                    timeout_s=self.rpc_timeout_s,
+                )
+            except (RpcCallError, trio.TooSlowError) as exc:
+                raise ThreadUnavailable(f"thread {thread_id} cannot be rolled back: {exc}") from exc
         turn = Turn(
             thread_id=thread_id,
             child_name=child.name,

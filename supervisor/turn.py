@@ -66,6 +66,8 @@ class TurnRequest:
     #: A fresh thread that codex does not persist.
     ephemeral: bool = True
     cwd: str | None = None
+    #: Roll the thread back first: this turn of it and all later ones go.
+    revert_before_turn: str | None = None
 
 
 # Notifications that carry a threadId but mean nothing to a turn's consumer;

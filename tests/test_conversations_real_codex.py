@@ -90,7 +90,7 @@ async def test_three_turns_model_sees_each_message_once(
     print(f"\n{'with' if key else 'without'} a key: prompt tokens {prompt}, cached {cached}")
 
 
-async def test_edited_message_starts_a_fresh_thread(
+async def test_edited_message_rolls_the_thread_back(
     tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
 ) -> None:
     with trio.fail_after(TIMEOUT_S):
@@ -121,8 +121,8 @@ async def test_edited_message_starts_a_fresh_thread(
         ("assistant", PLAIN_TEXT),
         ("user", "[scenario:plain] three"),
     ]
-    sessions = [r.headers.get("session-id") for r in requests]
-    assert sessions[0] == sessions[1] != sessions[2] == sessions[3]
+    # one thread all along: rolled back to before its first turn (thread/revert)
+    assert len({r.headers.get("session-id") for r in requests}) == 1
     assert a4["choices"][0]["message"]["content"] == PLAIN_TEXT
 
 
@@ -133,8 +133,9 @@ async def test_regenerate_answers_again_without_the_old_answer(
         async with real_service(tmp_path, codex_bin, scripted_model) as svc:
             await say(svc, [user("[scenario:plain] hi")], "chat-regen")
             await say(svc, [user("[scenario:plain] hi")], "chat-regen")  # regenerate
-    second = scripted_model.model.requests[1]
+    first, second = scripted_model.model.requests
     assert seen_by_model(second) == [("user", "[scenario:plain] hi")]
+    assert first.headers.get("session-id") == second.headers.get("session-id")  # rolled back
 
 
 async def test_background_tasks_leave_the_conversation_alone(
@@ -299,4 +300,30 @@ async def test_thread_codex_no_longer_knows_is_replaced_by_a_seeded_one(
         ("user", "[scenario:plain] first"),
         ("assistant", PLAIN_TEXT),
         ("user", "[scenario:plain] second"),
+    ]
+
+
+async def test_history_that_cannot_be_rolled_back_gets_a_fresh_seeded_thread(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """An earlier *answer* changed: no turn of the thread matches, so a new
+    thread is seeded with the request's history."""
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model) as svc:
+            await say(svc, [user("[scenario:plain] one")], "chat-seed")
+            await say(
+                svc,
+                [
+                    user("[scenario:plain] one"),
+                    assistant("an answer I rewrote"),
+                    user("[scenario:plain] two"),
+                ],
+                "chat-seed",
+            )
+    first, second = scripted_model.model.requests
+    assert first.headers.get("session-id") != second.headers.get("session-id")
+    assert seen_by_model(second) == [
+        ("user", "[scenario:plain] one"),
+        ("assistant", "an answer I rewrote"),
+        ("user", "[scenario:plain] two"),
     ]

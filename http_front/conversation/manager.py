@@ -2,9 +2,11 @@
 
 A request with a conversation key continues that conversation's thread when
 its history extends what the thread has seen: only the new user message(s)
-are sent. Otherwise (an edited message, a regenerated answer, an unknown
-key, a thread codex can no longer resume) the turn runs on a fresh thread
-seeded with the request's history, and the mapping follows it. Background
+are sent. A regenerated answer or an edited user message rolls the thread
+back to the turn where the request stops agreeing with it. Otherwise (an
+edited answer, an unknown key, a thread codex can no longer resume or roll
+back) the turn runs on a fresh thread seeded with the request's history,
+and the mapping follows it. Background
 tasks and requests without a key run on ephemeral threads and leave every
 mapping alone.
 """
@@ -39,14 +41,29 @@ log = logging.getLogger(__name__)
 
 
 @attrs.frozen
+class Candidate:
+    """One way to run the turn, and what the thread will have seen before it."""
+
+    request: TurnRequest
+    #: How many of the request's messages the thread has seen before this turn.
+    before: int = 0
+    #: The thread's earlier turns that stay.
+    kept_turns: tuple[tuple[str, int], ...] = ()
+
+
+@attrs.frozen
 class Plan:
     """The turns to try, in order, and how to remember the one that ran."""
 
     kind: RequestKind
-    candidates: tuple[TurnRequest, ...]
+    candidates: tuple[Candidate, ...]
     key: str | None = None
     signatures: tuple[str, ...] = ()
     scratch: Path | None = None
+
+    @property
+    def requests(self) -> tuple[TurnRequest, ...]:
+        return tuple(c.request for c in self.candidates)
 
 
 class _Gate:
@@ -112,41 +129,81 @@ class Conversations:
         turn = chat.turn
         if kind is RequestKind.TASK:
             model = self.task_model or turn.model
-            return Plan(kind, (attrs.evolve(turn, model=model, ephemeral=True),))
+            return Plan(kind, (Candidate(attrs.evolve(turn, model=model, ephemeral=True)),))
         if kind is RequestKind.STATELESS or key is None:
             scratch = self.workspace_root / "scratch" / uuid.uuid4().hex
             await trio.Path(scratch).mkdir(parents=True)
-            return Plan(kind, (attrs.evolve(turn, cwd=str(scratch)),), scratch=scratch)
+            request = attrs.evolve(turn, cwd=str(scratch))
+            return Plan(kind, (Candidate(request),), scratch=scratch)
         assert self.store is not None
         cwd = self.workspace_root / "conversations" / workspace_name(key)
         await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
-        signatures = tuple(signature(role, text) for role, text in chat.messages)
-        fresh = attrs.evolve(turn, ephemeral=False, cwd=str(cwd))
+        messages = chat.messages
+        signatures = tuple(signature(role, text) for role, text in messages)
+        fresh = Candidate(
+            attrs.evolve(turn, ephemeral=False, cwd=str(cwd)), before=len(messages) - 1
+        )
         record = await self.store.get(key)
-        candidates: tuple[TurnRequest, ...] = (fresh,)
-        if record is not None:
-            seen = record.seen
-            new = chat.messages[len(seen) :]
-            if signatures[: len(seen)] == seen and new and all(role == "user" for role, _ in new):
-                text = "\n\n".join(content for _, content in new)
-                cont = attrs.evolve(
-                    fresh,
-                    text=text,
-                    thread_id=record.thread_id,
-                    history=(),
-                    developer_instructions=None,
-                )
-                candidates = (cont, fresh)
-            else:
-                log.info("conversation %s diverged from its thread; starting a fresh one", key)
+        on_thread = self._on_thread(record, messages, signatures, fresh.request)
+        if on_thread is None and record is not None:
+            log.info("conversation %s diverged from its thread; starting a fresh one", key)
+        candidates = (fresh,) if on_thread is None else (on_thread, fresh)
         return Plan(kind, candidates, key, signatures)
 
-    async def remember(self, plan: Plan, thread_id: str, answer: str) -> None:
-        """After a completed turn: the thread now has seen the history and the answer."""
+    @staticmethod
+    def _on_thread(
+        record: Record | None,
+        messages: Sequence[tuple[str, str]],
+        signatures: tuple[str, ...],
+        fresh: TurnRequest,
+    ) -> Candidate | None:
+        """The turn on the conversation's own thread, if the request allows one.
+
+        Either the request extends what the thread has seen (send only the
+        new user messages), or it agrees with it up to one of the thread's
+        turns and goes on with user messages only — an edited last message or
+        a regenerated answer — and the thread is rolled back to that turn.
+        """
+        if record is None:
+            return None
+
+        def continuing(before: int) -> bool:
+            rest = messages[before:]
+            return (
+                signatures[:before] == record.seen[:before]
+                and bool(rest)
+                and all(role == "user" for role, _ in rest)
+            )
+
+        def on(before: int, kept: tuple[tuple[str, int], ...], revert: str | None) -> Candidate:
+            request = attrs.evolve(
+                fresh,
+                text="\n\n".join(text for _, text in messages[before:]),
+                thread_id=record.thread_id,
+                history=(),
+                developer_instructions=None,
+                revert_before_turn=revert,
+            )
+            return Candidate(request, before, kept)
+
+        if continuing(len(record.seen)):
+            return on(len(record.seen), record.turns, None)
+        for index in range(len(record.turns) - 1, -1, -1):
+            turn_id, before = record.turns[index]
+            if continuing(before):
+                return on(before, record.turns[:index], turn_id)
+        return None
+
+    async def remember(
+        self, plan: Plan, ran: int, thread_id: str, turn_id: str, answer: str
+    ) -> None:
+        """After a completed turn: what its thread has now seen, turn by turn."""
         if plan.kind is not RequestKind.CONVERSATION or plan.key is None or self.store is None:
             return
+        candidate = plan.candidates[ran]
         seen = (*plan.signatures, signature("assistant", answer))
-        await self.store.put(plan.key, Record(thread_id, seen))
+        turns = (*candidate.kept_turns, (turn_id, candidate.before))
+        await self.store.put(plan.key, Record(thread_id, seen, turns))
 
     async def finish(self, plan: Plan) -> None:
         if plan.scratch is not None:

@@ -28,6 +28,9 @@ class Record:
     thread_id: str
     #: Signatures of the messages the thread has seen, in order.
     seen: tuple[str, ...] = ()
+    #: The thread's turns: (codex turn id, how many of ``seen`` came before it),
+    #: so an edit or a regeneration can roll the thread back to a turn.
+    turns: tuple[tuple[str, int], ...] = ()
 
     def encode(self) -> bytes:
         return orjson.dumps(_converter.unstructure(self))
