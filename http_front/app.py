@@ -21,6 +21,7 @@ from supervisor.turn import FailureKind, Turn, TurnRequest
 from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan
 from .chat import ChatRequest, parse_body, parse_chat_request
+from .conversation.identity import RequestKind
 from .conversation.manager import Conversations
 from .errors import ApiError, error_type_for_status
 from .render import Aggregate, ReasoningFormat, RenderOptions, TurnRenderer
@@ -252,22 +253,43 @@ class BridgeApp:
             await self._check_model(chat.model)
         kind, key = self.conversations.classify(scope.get("headers", []), body)
         completion_id = "chatcmpl-" + uuid.uuid4().hex
+        async with trio.open_nursery() as nursery:
+            # A client that goes away cancels everything below — also while it
+            # waits for its conversation's previous turn — and open_turn then
+            # interrupts the turn on its way out.
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            try:
+                await self._converse(kind, key, chat, completion_id, send, render)
+            except ApiError as exc:  # raised before any response was started
+                await _send_error(send, exc)
+            nursery.cancel_scope.cancel()
+
+    async def _converse(
+        self,
+        kind: RequestKind,
+        key: str | None,
+        chat: ChatRequest,
+        completion_id: str,
+        send: Send,
+        render: RenderOptions,
+    ) -> None:
+        """One turn of a conversation (or a keyless request), then its bookkeeping.
+
+        The conversation stays locked until the mapping is written, so the
+        next turn of it sees this one.
+        """
         async with self.conversations.one_at_a_time(key):
             plan = await self.conversations.plan(kind, key, chat)
             outcomes: list[Outcome] = []
             try:
-                async with trio.open_nursery() as nursery:
-                    # A client that goes away cancels everything below, which
-                    # makes open_turn interrupt the turn on its way out.
-                    nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-                    run = self._stream if chat.stream else self._complete
-                    await run(chat, plan.requests, completion_id, send, render, outcomes.append)
-                    nursery.cancel_scope.cancel()
-                outcome = outcomes[0] if outcomes else None
-                if outcome is not None and outcome.completed:
-                    # After the response: the server reports the finished
-                    # exchange as a disconnect, which must not cut this short.
-                    with trio.move_on_after(10, shield=True):
+                run = self._stream if chat.stream else self._complete
+                await run(chat, plan.requests, completion_id, send, render, outcomes.append)
+            finally:
+                # Shielded and bounded: the server reports a finished exchange
+                # as a disconnect, which must not cut this short.
+                with trio.move_on_after(10, shield=True):
+                    outcome = outcomes[0] if outcomes else None
+                    if outcome is not None and outcome.completed:
                         await self.conversations.remember(
                             plan,
                             outcome.candidate,
@@ -275,8 +297,6 @@ class BridgeApp:
                             outcome.turn_id,
                             outcome.content,
                         )
-            finally:
-                with trio.CancelScope(shield=True):
                     await self.conversations.finish(plan)
 
     @staticmethod
