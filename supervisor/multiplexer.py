@@ -37,6 +37,7 @@ from bridge.protocol import (
 )
 
 from .child import Child, ChildState
+from .keyed_locks import KeyedLocks
 from .pool import Pool
 from .reaper import descendants, process_table
 from .turn import FailureKind, Turn, TurnRequest
@@ -95,16 +96,6 @@ class ThreadUnavailable(TurnRefused):
 OVERLOADED = -32001
 
 
-class _ThreadGate:
-    """One turn at a time per thread: a second ``turn/start`` would steer the first."""
-
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = trio.Lock()  # fair: waiters go in arrival order
-        self.users = 0
-
-
 class TurnMultiplexer:
     """Hands out turns on the children of ``pool``.
 
@@ -153,7 +144,7 @@ class TurnMultiplexer:
         self.default_model = default_model
         self._waiters: collections.deque[object] = collections.deque()
         self._owners: dict[str, Child] = {}
-        self._gates: dict[str, _ThreadGate] = {}
+        self._threads = KeyedLocks()  # one turn at a time per thread
         self._models: list[ModelInfo] | None = None
         self._models_at = -math.inf
         self.accepting = True
@@ -245,18 +236,12 @@ class TurnMultiplexer:
 
     @asynccontextmanager
     async def _thread_gate(self, thread_id: str | None) -> AsyncIterator[None]:
+        """A second turn/start on a busy thread would steer the first."""
         if thread_id is None:
             yield
             return
-        gate = self._gates.setdefault(thread_id, _ThreadGate())
-        gate.users += 1
-        try:
-            async with gate.lock:
-                yield
-        finally:
-            gate.users -= 1
-            if not gate.users:
-                del self._gates[thread_id]
+        async with self._threads.hold(thread_id):
+            yield
 
     # -- models ----------------------------------------------------------------
 

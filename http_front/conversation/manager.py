@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from supervisor.keyed_locks import KeyedLocks
 from supervisor.turn import TurnRequest
 
 from ..chat import ChatRequest
@@ -66,14 +67,6 @@ class Plan:
         return tuple(c.request for c in self.candidates)
 
 
-class _Gate:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = trio.Lock()
-        self.users = 0
-
-
 class Conversations:
     def __init__(
         self,
@@ -89,7 +82,7 @@ class Conversations:
         self.header_names = tuple(header_names)
         self.busy_policy = busy_policy
         self.task_model = task_model
-        self._gates: dict[str, _Gate] = {}
+        self._turns = KeyedLocks()
 
     def classify(
         self, headers: Sequence[tuple[bytes, bytes]], body: dict[str, Any]
@@ -108,22 +101,15 @@ class Conversations:
         if key is None:
             yield
             return
-        gate = self._gates.setdefault(key, _Gate())
-        if self.busy_policy == "reject" and gate.lock.locked():
+        if self.busy_policy == "reject" and self._turns.locked(key):
             raise ApiError(
                 409,
                 "this conversation already has a turn running; retry when it has finished",
                 type="invalid_request_error",
                 code="conversation_busy",
             )
-        gate.users += 1
-        try:
-            async with gate.lock:
-                yield
-        finally:
-            gate.users -= 1
-            if not gate.users:
-                del self._gates[key]
+        async with self._turns.hold(key):
+            yield
 
     async def plan(self, kind: RequestKind, key: str | None, chat: ChatRequest) -> Plan:
         turn = chat.turn
