@@ -307,6 +307,40 @@ class BridgeApp:
                 scope.cancel()
                 return
 
+    async def _attempts(
+        self,
+        candidates: Sequence[TurnRequest],
+        render: RenderOptions,
+        body: Callable[[Turn, TurnRenderer], Awaitable[None]],
+    ) -> tuple[TurnRenderer, Turn | None, int, TurnRefused | None]:
+        """Run the first candidate turn that can run, through ``body``.
+
+        A thread codex cannot resume or roll back moves on to the next
+        candidate; a child that died before the client saw anything of the
+        turn gets it run again once. Returns the renderer of the last
+        attempt, its turn, the candidate's index and a refusal if none ran.
+        """
+        index = retried = 0
+        while True:
+            renderer = TurnRenderer(render)
+            turn: Turn | None = None
+            try:
+                async with self.mux.open_turn(candidates[index]) as turn:
+                    await body(turn, renderer)
+            except ThreadUnavailable as exc:
+                if index + 1 < len(candidates):
+                    log.info("%s; continuing on a fresh thread", exc.message)
+                    index += 1
+                    continue
+                return renderer, turn, index, exc
+            except TurnRefused as exc:
+                return renderer, turn, index, exc
+            if turn is not None and not retried and _retry_elsewhere(turn, renderer):
+                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                retried = 1
+                continue
+            return renderer, turn, index, None
+
     async def _stream(
         self,
         chat: ChatRequest,
@@ -319,50 +353,28 @@ class BridgeApp:
         """Stream the turn; ``on_outcome`` hears how it ended before the last bytes
         go out (the server reports a finished response as a disconnect)."""
         encoder: ChunkEncoder | None = None
-        renderer = TurnRenderer(render)
-        index = retried = 0
-        thread_id = turn_id = ""
-        while True:
-            renderer = TurnRenderer(render)
-            turn: Turn | None = None
-            try:
-                async with self.mux.open_turn(candidates[index]) as turn:
-                    thread_id, turn_id = turn.thread_id, turn.turn_id
-                    if encoder is None:
-                        await send(
-                            {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
-                        )
-                        encoder = ChunkEncoder(
-                            completion_id, int(time.time()), chat.model or turn.model
-                        )
-                        await send(
-                            {
-                                "type": "http.response.body",
-                                "body": KEEPALIVE + encoder.role(),
-                                "more_body": True,
-                            }
-                        )
-                    await self._pump(turn, encoder, send, renderer)
-            except ThreadUnavailable as exc:
-                if index + 1 < len(candidates):
-                    log.info("%s; continuing on a fresh thread", exc.message)
-                    index += 1
-                    continue
-                if encoder is None:
-                    await _send_error(send, _refused(exc))
-                    return
-                renderer.refused(exc.message, exc.code, exc.status)
-            except TurnRefused as exc:
-                if encoder is None:
-                    await _send_error(send, _refused(exc))
-                    return
-                renderer.refused(exc.message, exc.code, exc.status)
-            if turn is not None and not retried and _retry_elsewhere(turn, renderer):
-                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
-                retried = 1
-                continue
-            break
-        assert encoder is not None
+
+        async def body(turn: Turn, renderer: TurnRenderer) -> None:
+            nonlocal encoder
+            if encoder is None:
+                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                encoder = ChunkEncoder(completion_id, int(time.time()), chat.model or turn.model)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": KEEPALIVE + encoder.role(),
+                        "more_body": True,
+                    }
+                )
+            await self._pump(turn, encoder, send, renderer)
+
+        renderer, turn, index, refusal = await self._attempts(candidates, render, body)
+        if refusal is not None:
+            if encoder is None:
+                await _send_error(send, _refused(refusal))
+                return
+            renderer.refused(refusal.message, refusal.code, refusal.status)
+        assert encoder is not None  # started by a first attempt that ran
         tail: list[bytes] = []
         failure = renderer.failure()
         if failure is not None:
@@ -371,7 +383,10 @@ class BridgeApp:
         if chat.include_usage:
             tail.append(encoder.usage(renderer.usage()))
         tail.append(DONE)
-        on_outcome(Outcome(index, thread_id, turn_id, renderer.content(), failure is None))
+        if turn is not None:
+            on_outcome(
+                Outcome(index, turn.thread_id, turn.turn_id, renderer.content(), failure is None)
+            )
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
 
     async def _pump(
@@ -405,41 +420,22 @@ class BridgeApp:
         render: RenderOptions,
         on_outcome: Callable[[Outcome], None],
     ) -> None:
+        aggregate = Aggregate()
+
+        async def body(turn: Turn, renderer: TurnRenderer) -> None:
+            nonlocal aggregate
+            aggregate = Aggregate()  # a new attempt starts from nothing
+            async for event in turn:
+                for piece in renderer.feed(event):
+                    aggregate.add(piece)
+
         # Status lines are for live streams only.
         render = attrs.evolve(render, status_events=False)
-        renderer = TurnRenderer(render)
-        aggregate = Aggregate()
-        model = chat.model or ""
-        index = retried = 0
-        thread_id = turn_id = ""
-        while True:
-            renderer = TurnRenderer(render)
-            aggregate = Aggregate()
-            try:
-                async with self.mux.open_turn(candidates[index]) as turn:
-                    model, thread_id, turn_id = (
-                        chat.model or turn.model,
-                        turn.thread_id,
-                        turn.turn_id,
-                    )
-                    async for event in turn:
-                        for piece in renderer.feed(event):
-                            aggregate.add(piece)
-            except ThreadUnavailable as exc:
-                if index + 1 < len(candidates):
-                    log.info("%s; continuing on a fresh thread", exc.message)
-                    index += 1
-                    continue
-                await _send_error(send, _refused(exc))
-                return
-            except TurnRefused as exc:
-                await _send_error(send, _refused(exc))
-                return
-            if not retried and _retry_elsewhere(turn, renderer):
-                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
-                retried = 1
-                continue
-            break
+        renderer, turn, index, refusal = await self._attempts(candidates, render, body)
+        if refusal is not None:
+            await _send_error(send, _refused(refusal))
+            return
+        assert turn is not None
         failure = renderer.failure()
         if failure is not None:
             await _send_error(
@@ -450,7 +446,7 @@ class BridgeApp:
         message: dict[str, Any] = {"role": "assistant", "content": aggregate.content}
         if aggregate.reasoning:
             message["reasoning_content"] = aggregate.reasoning
-        on_outcome(Outcome(index, thread_id, turn_id, aggregate.content, True))
+        on_outcome(Outcome(index, turn.thread_id, turn.turn_id, aggregate.content, True))
         await send_json(
             send,
             200,
@@ -458,7 +454,7 @@ class BridgeApp:
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": model,
+                "model": chat.model or turn.model,
                 "choices": [
                     {"index": 0, "message": message, "finish_reason": renderer.finish_reason()}
                 ],

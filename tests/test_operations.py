@@ -604,3 +604,26 @@ async def test_pool_drained_refuses_at_once() -> None:
                 async with mux.open_turn(TurnRequest("x")):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_retry_that_finds_no_child_ends_the_stream_cleanly(tmp_path: Path) -> None:
+    """The child died before any output and no other child is there in time:
+    the stream (already started) ends with an error chunk and [DONE]."""
+    os.environ["FAKE_STATE"] = str(tmp_path / "crashed")
+    try:
+        settings = make_settings(
+            tmp_path, pool_size=1, queue_timeout_s=0.3, restart_backoff_initial_s=5.0
+        )
+        with trio.fail_after(30):
+            async with running_service(settings, fake("crash-once", deltas=2)) as svc:
+                response = await svc.client.post(
+                    "/v1/chat/completions", json=chat_body("hi", model="fake-model")
+                )
+    finally:
+        del os.environ["FAKE_STATE"]
+    events = sse_events(response.content)
+    assert response.status_code == 200
+    errors = [e["error"] for e in events if isinstance(e, dict) and "error" in e]
+    assert [e["code"] for e in errors] == ["no_codex_available"]
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1] == "[DONE]"
