@@ -7,7 +7,6 @@ it fails none. The figures are printed (pytest -s shows them).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,45 +27,41 @@ async def _load(tmp_path: Path, *, rolling_restart: bool) -> Counter[str]:
         tmp_path, pool_size=2, max_turns_per_child=4, queue_size=64, queue_timeout_s=20
     )
     outcomes: Counter[str] = Counter()
-    os.environ["FAKE_DELAY_S"] = "0.02"
-    try:
-        with trio.fail_after(120):
-            async with running_service(settings, fake("ok", deltas=5)) as svc:
-                pool = svc.handle.pool
-                before = {c.pid for c in pool.children}
-                limits = httpx.Limits(max_connections=REQUESTS + 10)
-                async with httpx.AsyncClient(base_url=svc.url, timeout=60, limits=limits) as client:
+    with trio.fail_after(120):
+        async with running_service(settings, fake("ok", delay_s=0.02, deltas=5)) as svc:
+            pool = svc.handle.pool
+            before = {c.pid for c in pool.children}
+            limits = httpx.Limits(max_connections=REQUESTS + 10)
+            async with httpx.AsyncClient(base_url=svc.url, timeout=60, limits=limits) as client:
 
-                    async def one() -> None:
-                        response = await client.post(
-                            "/v1/chat/completions", json=chat_body("x", model="fake-model")
-                        )
-                        if response.status_code == 429:
-                            assert int(response.headers["retry-after"]) >= 1
-                            assert response.json()["error"]["code"] == "rate_limit_exceeded"
-                            outcomes["429"] += 1
-                            return
-                        events = sse_events(response.content)
-                        failed = any(isinstance(e, dict) and "error" in e for e in events)
-                        if response.status_code == 200 and content_of(events) == TEXT:
-                            outcomes["completed" if not failed else "failed"] += 1
-                        else:
-                            outcomes[f"failed {response.status_code}"] += 1
+                async def one() -> None:
+                    response = await client.post(
+                        "/v1/chat/completions", json=chat_body("x", model="fake-model")
+                    )
+                    if response.status_code == 429:
+                        assert int(response.headers["retry-after"]) >= 1
+                        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+                        outcomes["429"] += 1
+                        return
+                    events = sse_events(response.content)
+                    failed = any(isinstance(e, dict) and "error" in e for e in events)
+                    if response.status_code == 200 and content_of(events) == TEXT:
+                        outcomes["completed" if not failed else "failed"] += 1
+                    else:
+                        outcomes[f"failed {response.status_code}"] += 1
 
-                    start = time.perf_counter()
-                    async with trio.open_nursery() as nursery:
-                        for _ in range(REQUESTS):
-                            nursery.start_soon(one)
-                        if rolling_restart:
-                            await trio.sleep(0.2)
-                            assert pool.start_rolling_restart()
-                    while pool.rolling_restart_running:
-                        await pool.wait_changed()
-                    wall = time.perf_counter() - start
-                if rolling_restart:
-                    assert not before & {c.pid for c in pool.children}
-    finally:
-        del os.environ["FAKE_DELAY_S"]
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(REQUESTS):
+                        nursery.start_soon(one)
+                    if rolling_restart:
+                        await trio.sleep(0.2)
+                        assert pool.start_rolling_restart()
+                while pool.rolling_restart_running:
+                    await pool.wait_changed()
+                wall = time.perf_counter() - start
+            if rolling_restart:
+                assert not before & {c.pid for c in pool.children}
     print(
         f"\nload ({'with' if rolling_restart else 'without'} rolling restart): "
         f"{REQUESTS} requests, {outcomes['completed']} completed, {outcomes['429']} 429s, "

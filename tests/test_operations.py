@@ -111,25 +111,21 @@ async def test_child_is_recycled_above_its_rss_limit() -> None:
 
 
 async def test_draining_child_finishes_its_turn_and_new_turns_go_elsewhere() -> None:
-    pool = Pool(2, fake("ok", deltas=6), policy=PoolPolicy())
+    pool = Pool(2, fake("ok", deltas=6, delay_s=0.05), policy=PoolPolicy())
     mux = TurnMultiplexer(pool)
-    os.environ["FAKE_DELAY_S"] = "0.05"
-    try:
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.run)
-                a, b = pool.children
-                async with mux.open_turn(TurnRequest("long")) as running:
-                    assert running.child_name == a.name
-                    replaced = pool.restart(a, "test")
-                    async with mux.open_turn(TurnRequest("new")) as other:
-                        assert other.child_name == b.name  # not the draining one
-                        await collect(other)
-                    events = await collect(running)
-                await replaced.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        del os.environ["FAKE_DELAY_S"]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            a, b = pool.children
+            async with mux.open_turn(TurnRequest("long")) as running:
+                assert running.child_name == a.name
+                replaced = pool.restart(a, "test")
+                async with mux.open_turn(TurnRequest("new")) as other:
+                    assert other.child_name == b.name  # not the draining one
+                    await collect(other)
+                events = await collect(running)
+            await replaced.wait()
+            nursery.cancel_scope.cancel()
     assert isinstance(events[-1], TurnCompleted)
     assert events[-1].status is TurnStatus.COMPLETED  # the drained turn was not cut
     assert sum(isinstance(e, AgentMessageDelta) for e in events) == 6
@@ -157,18 +153,14 @@ async def test_child_that_ignores_interrupt_is_killed_and_replaced() -> None:
 
 async def test_overload_is_retried_with_backoff(tmp_path: Path) -> None:
     log = LineLog()
-    os.environ["FAKE_STATE"] = str(tmp_path / "overloaded")
-    try:
-        pool = Pool(1, fake("overloaded-once", tap=log))
-        mux = TurnMultiplexer(pool, overload_backoff_s=0.01)
-        with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.run)
-                async with mux.open_turn(TurnRequest("hi")) as turn:
-                    events = await collect(turn)
-                nursery.cancel_scope.cancel()
-    finally:
-        del os.environ["FAKE_STATE"]
+    pool = Pool(1, fake("overloaded-once", state=str(tmp_path / "overloaded"), tap=log))
+    mux = TurnMultiplexer(pool, overload_backoff_s=0.01)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("hi")) as turn:
+                events = await collect(turn)
+            nursery.cancel_scope.cancel()
     assert len(log.sent("thread/start")) == 2
     assert isinstance(events[-1], TurnCompleted)
     assert events[-1].status is TurnStatus.COMPLETED
@@ -225,27 +217,23 @@ async def test_thread_stays_on_its_owner_and_moves_when_it_dies() -> None:
 
 async def test_turns_on_one_thread_never_overlap() -> None:
     log = LineLog()
-    os.environ["FAKE_DELAY_S"] = "0.05"
-    try:
-        pool = Pool(1, fake("ok", deltas=4, tap=log))
-        mux = TurnMultiplexer(pool)
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.run)
-                async with mux.open_turn(TurnRequest("one", ephemeral=False)) as first:
-                    await collect(first)
-                thread = first.thread_id
+    pool = Pool(1, fake("ok", delay_s=0.05, deltas=4, tap=log))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("one", ephemeral=False)) as first:
+                await collect(first)
+            thread = first.thread_id
 
-                async def turn_on_thread(text: str) -> None:
-                    async with mux.open_turn(TurnRequest(text, thread_id=thread)) as turn:
-                        await collect(turn)
+            async def turn_on_thread(text: str) -> None:
+                async with mux.open_turn(TurnRequest(text, thread_id=thread)) as turn:
+                    await collect(turn)
 
-                async with trio.open_nursery() as inner:
-                    for text in ("two", "three", "four"):
-                        inner.start_soon(turn_on_thread, text)
-                nursery.cancel_scope.cancel()
-    finally:
-        del os.environ["FAKE_DELAY_S"]
+            async with trio.open_nursery() as inner:
+                for text in ("two", "three", "four"):
+                    inner.start_soon(turn_on_thread, text)
+            nursery.cancel_scope.cancel()
     # on the wire: each turn/start only after the previous turn/completed
     order = [
         "start" if d == "out" else "done"
@@ -259,17 +247,15 @@ async def test_turns_on_one_thread_never_overlap() -> None:
 
 
 async def test_child_dying_before_any_output_is_retried_transparently(tmp_path: Path) -> None:
-    os.environ["FAKE_STATE"] = str(tmp_path / "crashed")
-    try:
-        settings = make_settings(tmp_path, pool_size=2)
-        with trio.fail_after(30):
-            async with running_service(settings, fake("crash-once", deltas=4)) as svc:
-                streamed = await svc.client.post(
-                    "/v1/chat/completions", json=chat_body("hi", model="fake-model")
-                )
-                restarts = sum(svc.handle.pool.restarts)
-    finally:
-        del os.environ["FAKE_STATE"]
+    settings = make_settings(tmp_path, pool_size=2)
+    with trio.fail_after(30):
+        async with running_service(
+            settings, fake("crash-once", state=str(tmp_path / "crashed"), deltas=4)
+        ) as svc:
+            streamed = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("hi", model="fake-model")
+            )
+            restarts = sum(svc.handle.pool.restarts)
     events = sse_events(streamed.content)
     assert content_of(events) == "d0 d1 d2 d3 "
     assert not [e for e in events if isinstance(e, dict) and "error" in e]
@@ -364,40 +350,36 @@ def test_admin_without_token_refuses_remote_clients() -> None:
 async def test_rolling_restart_under_steady_load_fails_nothing(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, pool_size=2, max_turns_per_child=4, queue_timeout_s=30)
     outcomes: list[int] = []
-    os.environ["FAKE_DELAY_S"] = "0.02"
-    try:
-        with trio.fail_after(60):
-            async with running_service(settings, fake("ok", deltas=5)) as svc:
-                pool = svc.handle.pool
-                old = {c.pid for c in pool.children}
-                stop = trio.Event()
+    with trio.fail_after(60):
+        async with running_service(settings, fake("ok", delay_s=0.02, deltas=5)) as svc:
+            pool = svc.handle.pool
+            old = {c.pid for c in pool.children}
+            stop = trio.Event()
 
-                async def client_loop() -> None:
-                    while not stop.is_set():
-                        response = await svc.client.post(
-                            "/v1/chat/completions", json=chat_body("x", model="fake-model")
-                        )
-                        events = sse_events(response.content)
-                        ok = (
-                            response.status_code == 200
-                            and content_of(events) == "d0 d1 d2 d3 d4 "
-                            and not any(isinstance(e, dict) and "error" in e for e in events)
-                        )
-                        outcomes.append(200 if ok else response.status_code or -1)
+            async def client_loop() -> None:
+                while not stop.is_set():
+                    response = await svc.client.post(
+                        "/v1/chat/completions", json=chat_body("x", model="fake-model")
+                    )
+                    events = sse_events(response.content)
+                    ok = (
+                        response.status_code == 200
+                        and content_of(events) == "d0 d1 d2 d3 d4 "
+                        and not any(isinstance(e, dict) and "error" in e for e in events)
+                    )
+                    outcomes.append(200 if ok else response.status_code or -1)
 
-                async with trio.open_nursery() as nursery:
-                    for _ in range(6):
-                        nursery.start_soon(client_loop)
-                    await trio.sleep(0.3)
-                    assert (await svc.client.post("/admin/pool/rolling-restart")).status_code == 202
-                    await trio.sleep(0.05)
-                    while pool.rolling_restart_running:
-                        await pool.wait_changed()
-                    await trio.sleep(0.3)
-                    stop.set()
-                new = {c.pid for c in pool.children}
-    finally:
-        del os.environ["FAKE_DELAY_S"]
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(client_loop)
+                await trio.sleep(0.3)
+                assert (await svc.client.post("/admin/pool/rolling-restart")).status_code == 202
+                await trio.sleep(0.05)
+                while pool.rolling_restart_running:
+                    await pool.wait_changed()
+                await trio.sleep(0.3)
+                stop.set()
+            new = {c.pid for c in pool.children}
     assert not old & new  # every child was replaced
     assert outcomes
     assert set(outcomes) == {200}, f"failed requests: {[o for o in outcomes if o != 200]}"
@@ -609,18 +591,16 @@ async def test_pool_drained_refuses_at_once() -> None:
 async def test_retry_that_finds_no_child_ends_the_stream_cleanly(tmp_path: Path) -> None:
     """The child died before any output and no other child is there in time:
     the stream (already started) ends with an error chunk and [DONE]."""
-    os.environ["FAKE_STATE"] = str(tmp_path / "crashed")
-    try:
-        settings = make_settings(
-            tmp_path, pool_size=1, queue_timeout_s=0.3, restart_backoff_initial_s=5.0
-        )
-        with trio.fail_after(30):
-            async with running_service(settings, fake("crash-once", deltas=2)) as svc:
-                response = await svc.client.post(
-                    "/v1/chat/completions", json=chat_body("hi", model="fake-model")
-                )
-    finally:
-        del os.environ["FAKE_STATE"]
+    settings = make_settings(
+        tmp_path, pool_size=1, queue_timeout_s=0.3, restart_backoff_initial_s=5.0
+    )
+    with trio.fail_after(30):
+        async with running_service(
+            settings, fake("crash-once", state=str(tmp_path / "crashed"), deltas=2)
+        ) as svc:
+            response = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("hi", model="fake-model")
+            )
     events = sse_events(response.content)
     assert response.status_code == 200
     errors = [e["error"] for e in events if isinstance(e, dict) and "error" in e]

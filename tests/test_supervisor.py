@@ -31,12 +31,24 @@ from tests.helpers import (
 FAKE = str(Path(__file__).with_name("fake_app_server.py"))
 
 
-def fake(mode: str, deltas: int = 3, **kwargs: Any) -> ChildLaunch:
+def fake(
+    mode: str,
+    deltas: int = 3,
+    *,
+    delay_s: float | None = None,
+    state: str | None = None,
+    **kwargs: Any,
+) -> ChildLaunch:
+    """A launch of tests/fake_app_server.py; ``delay_s`` spaces its deltas out,
+    ``state`` is the marker file of its "-once" modes."""
+    env = dict(os.environ)
+    if delay_s is not None:
+        env["FAKE_DELAY_S"] = str(delay_s)
+    if state is not None:
+        env["FAKE_STATE"] = state
     values: dict[str, Any] = {"startup_timeout_s": 10.0, "stop_grace_s": 1.0}
     values.update(kwargs)
-    return ChildLaunch(
-        argv=(sys.executable, "-u", FAKE, mode, str(deltas)), env=dict(os.environ), **values
-    )
+    return ChildLaunch(argv=(sys.executable, "-u", FAKE, mode, str(deltas)), env=env, **values)
 
 
 def alive(pid: int) -> bool:
