@@ -19,6 +19,7 @@ from typing import Any, Literal
 import trio
 
 from .framing import DEFAULT_MAX_LINE_BYTES, LineFramer, OversizedLine
+from .log_limit import LogLimiter
 from .messages import (
     ErrorResponse,
     JsonObject,
@@ -131,6 +132,8 @@ class JsonRpcPeer:
         self._stopped = trio.Event()
         self._cancel_reader: trio.CancelScope | None = None
         self.protocol_errors = 0
+        # A child can write garbage at will: its warnings are rate limited.
+        self._garbage_log = LogLimiter(log, clock=trio.current_time)
 
     # -- state --------------------------------------------------------------
 
@@ -177,8 +180,19 @@ class JsonRpcPeer:
         self._routes[thread_id] = sink
 
     def remove_route(self, thread_id: str, sink: NotificationSink | None = None) -> None:
-        if sink is None or self._routes.get(thread_id) is sink:
+        """Stop routing ``thread_id`` (only if it still goes to ``sink``, when given).
+
+        Sinks are compared with ``==``: a bound method is a new object at every
+        attribute access, so ``turn.on_notification`` is never ``is`` the one
+        that was registered, but it is equal to it.
+        """
+        if sink is None or self._routes.get(thread_id) == sink:
             self._routes.pop(thread_id, None)
+
+    @property
+    def route_count(self) -> int:
+        """Threads whose notifications have a sink of their own."""
+        return len(self._routes)
 
     def deliver(self, notification: Notification) -> None:
         """Hand a notification to its thread's sink (or the default one).
@@ -251,6 +265,7 @@ class JsonRpcPeer:
                 nursery.cancel_scope.cancel()
         finally:
             self.close(self._closed_reason or "codex app-server closed its output")
+            self._garbage_log.flush()
             self._stopped.set()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
@@ -272,7 +287,9 @@ class JsonRpcPeer:
     def _dispatch(self, line: bytes | OversizedLine, nursery: trio.Nursery) -> None:
         if isinstance(line, OversizedLine):
             self.protocol_errors += 1
-            log.warning("%s: dropped an oversized line of %d bytes", self.name, line.size)
+            self._garbage_log.log(
+                logging.WARNING, "%s: dropped an oversized line of %d bytes", self.name, line.size
+            )
             return
         if self._tap is not None:
             self._tap("in", line)
@@ -280,8 +297,12 @@ class JsonRpcPeer:
             message = decode_message(line)
         except ProtocolError as exc:
             self.protocol_errors += 1
-            log.warning(
-                "%s: ignored a line that is not JSON-RPC (%s): %.200r", self.name, exc, line
+            self._garbage_log.log(
+                logging.WARNING,
+                "%s: ignored a line that is not JSON-RPC (%s): %.200r",
+                self.name,
+                exc,
+                line,
             )
             return
         if isinstance(message, Notification):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import trio
 import trio.testing
 
 from bridge.framing import LineFramer
+from bridge.log_limit import LogLimiter
 from bridge.messages import Notification, ServerRequest
 from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, ServerRequestRefused
 
@@ -217,6 +219,40 @@ async def test_remove_route_only_removes_the_given_sink() -> None:
     assert len(second) == 1
 
 
+class _Sink:
+    def __init__(self) -> None:
+        self.seen: list[Notification] = []
+
+    def on_notification(self, notification: Notification) -> None:
+        self.seen.append(notification)
+
+
+async def test_remove_route_with_the_same_bound_method_removes_it() -> None:
+    """``sink.on_notification`` is a new object at every access: equal, not identical."""
+    sink = _Sink()
+    async with connected() as (peer, child):
+        peer.add_route("A", sink.on_notification)
+        assert peer.route_count == 1
+        peer.remove_route("A", sink.on_notification)
+        assert peer.route_count == 0
+        await child.write({"method": "m", "params": {"threadId": "A"}})
+        await trio.testing.wait_all_tasks_blocked()
+    assert sink.seen == []
+
+
+async def test_remove_route_keeps_a_newer_sinks_bound_method() -> None:
+    old, new = _Sink(), _Sink()
+    async with connected() as (peer, child):
+        peer.add_route("A", old.on_notification)
+        peer.add_route("A", new.on_notification)  # a newer owner of the thread
+        peer.remove_route("A", old.on_notification)
+        assert peer.route_count == 1
+        await child.write({"method": "m", "params": {"threadId": "A"}})
+        await trio.testing.wait_all_tasks_blocked()
+    assert old.seen == []
+    assert len(new.seen) == 1
+
+
 async def test_garbage_lines_are_counted_and_skipped() -> None:
     seen: list[Notification] = []
     async with connected(on_notification=seen.append, max_line_bytes=64) as (peer, child):
@@ -225,6 +261,23 @@ async def test_garbage_lines_are_counted_and_skipped() -> None:
         await trio.testing.wait_all_tasks_blocked()
     assert [n.method for n in seen] == ["still/alive"]
     assert peer.protocol_errors == 3
+
+
+async def test_a_flood_of_garbage_lines_is_not_a_flood_of_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[Notification] = []
+    with caplog.at_level(logging.WARNING, logger="bridge.peer"):
+        async with connected(on_notification=seen.append) as (peer, child):
+            await child.write_raw(b"this is not json\n" * 2000)
+            await child.write({"method": "still/alive", "params": {}})
+            await trio.testing.wait_all_tasks_blocked()
+            assert peer.protocol_errors == 2000
+    warnings = [r for r in caplog.records if r.name == "bridge.peer"]
+    assert [n.method for n in seen] == ["still/alive"]
+    assert len(warnings) == 6  # five of the lines, then one summary of the rest
+    assert "not JSON-RPC" in warnings[0].getMessage()
+    assert "1995 more line(s)" in warnings[-1].getMessage()
 
 
 async def test_server_request_is_answered_by_the_handler() -> None:
@@ -332,3 +385,21 @@ async def test_real_child_process_exit_fails_pending_requests() -> None:
         process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
+
+
+def test_log_limiter_lets_a_burst_through_per_window(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    logger = logging.getLogger("tests.limited")
+    limiter = LogLimiter(logger, burst=2, window_s=10, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="tests.limited"):
+        for i in range(5):
+            limiter.log(logging.INFO, "line %d", i)
+        now[0] = 10.0  # a new window: the summary, then a fresh burst
+        limiter.log(logging.INFO, "line %d", 5)
+        limiter.flush()  # nothing suppressed in this window yet
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 0",
+        "line 1",
+        "3 more line(s) like the above were not logged in the last 10s",
+        "line 5",
+    ]
