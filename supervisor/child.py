@@ -16,7 +16,6 @@ import enum
 import logging
 import os
 import signal
-import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import trio
 from bridge.codex import ApprovalPolicy, CodexClient
 from bridge.framing import LineFramer
 from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
-from bridge.protocol import ClientInfo
+from bridge.protocol import ClientInfo, ModelInfo
 
+from .process import SupervisedProcess, start_supervised
 from .reaper import MANAGED_PIDS, descendants, kill_descendants
 from .turn import FailureKind, Turn
 
@@ -173,24 +173,14 @@ class Child:
     async def run(self, *, task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED) -> None:
         launch = self.launch
         try:
-            process = await trio.lowlevel.open_process(
-                list(launch.argv),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(launch.env),
-                cwd=launch.cwd,
-                start_new_session=True,  # own process group: kill commands with it
-            )
+            # Under a guardian: the process and all it starts die with the
+            # service, even if the service is killed with SIGKILL.
+            process = await start_supervised(launch.argv, env=launch.env, cwd=launch.cwd)
         except OSError as exc:
             self.state = ChildState.STOPPED
             self.exit_reason = f"cannot start {launch.argv[0]}: {exc}"
             raise ChildStartError(self.exit_reason) from exc
         self.pid = process.pid
-        MANAGED_PIDS.add(process.pid)
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
         peer = JsonRpcPeer(
             process.stdin,
             process.stdout,
@@ -301,14 +291,13 @@ class Child:
         tail = self.stderr_tail()
         return how + (f" (stderr: {tail})" if tail and code != 0 else "")
 
-    async def _reap(self, process: trio.Process) -> int | None:
+    async def _reap(self, process: SupervisedProcess) -> int | None:
         """Stop the process group; always waits for the process to be reaped."""
         grace = self.launch.stop_grace_s
-        # Seen now, while codex is alive: some run in sessions of their own,
-        # out of reach of the group kill below.
-        family = descendants(process.pid)
+        # Seen now, while its guardian is alive: some run in sessions of their
+        # own, out of reach of the group kill below.
+        family = descendants(process.guardian_pid)
         if process.returncode is None:
-            assert process.stdin is not None
             with contextlib.suppress(trio.BrokenResourceError):
                 await process.stdin.aclose()  # codex exits on EOF of stdin
             with trio.move_on_after(grace):
@@ -320,7 +309,7 @@ class Child:
                 await process.wait()
         if process.returncode is None:
             log.warning("%s: did not exit on SIGTERM; sending SIGKILL to its group", self.name)
-            _killpg(process.pid, signal.SIGKILL)
+            process.kill()  # its group; its guardian ends the rest
             await process.wait()  # SIGKILL cannot be refused: wait for the reaping
         # Commands codex started live in the same group; none may outlive it.
         _killpg(process.pid, signal.SIGKILL)
