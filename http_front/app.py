@@ -46,6 +46,8 @@ async def _send_error(send: Send, error: ApiError) -> None:
     headers: list[tuple[bytes, bytes]] = []
     if error.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+    if error.close_connection:
+        headers.append((b"connection", b"close"))
     await send_json(send, error.status, error.encode(), headers)
 
 
@@ -99,6 +101,36 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _has_body(scope: Scope) -> bool:
+    length = _header(scope, b"content-length")
+    return _header(scope, b"transfer-encoding") is not None or (
+        length is not None and length.strip() not in (b"", b"0")
+    )
+
+
+def _require_json(scope: Scope) -> None:
+    """Refuse a body that does not say it is JSON, before reading it.
+
+    ``application/json`` (with parameters such as ``charset``) or any
+    ``+json`` media type. ``text/plain`` and forms above all: a browser sends
+    those cross-origin without a preflight.
+    """
+    raw = _header(scope, b"content-type")
+    media = (raw or b"").split(b";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition(b"/")
+    json_suffix = subtype.endswith(b"+json") and len(subtype) > len(b"+json")
+    if media == b"application/json" or (kind and json_suffix):
+        return
+    given = "no Content-Type" if raw is None else f"Content-Type {raw.decode('latin-1')[:100]!r}"
+    raise ApiError(
+        415,
+        f"Unsupported content type: this endpoint takes a JSON body, but the request has "
+        f"{given}. Send Content-Type: application/json.",
+        code="unsupported_content_type",
+        close_connection=True,  # the body stays unread
+    )
+
+
 class BridgeApp:
     """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``."""
 
@@ -143,11 +175,20 @@ class BridgeApp:
             handler = self._routes.get((scope["method"], path))
         try:
             if handler is None:
+                # A body we will not read: the connection cannot be reused.
+                unread = _has_body(scope)
                 known = {p for (_, p) in self._routes}
                 if path in known:
-                    raise ApiError(405, f"method {scope['method']} is not allowed on {path}")
+                    raise ApiError(
+                        405,
+                        f"method {scope['method']} is not allowed on {path}",
+                        close_connection=unread,
+                    )
                 raise ApiError(
-                    404, f"no such endpoint: {scope['method']} {path}", code="unknown_url"
+                    404,
+                    f"no such endpoint: {scope['method']} {path}",
+                    code="unknown_url",
+                    close_connection=unread,
                 )
             await handler(scope, receive, send)
         except ApiError as exc:
@@ -169,6 +210,7 @@ class BridgeApp:
                     413,
                     f"the request body exceeds {self.max_request_body_bytes} bytes",
                     code="request_too_large",
+                    close_connection=True,  # the rest of the body stays unread
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -241,6 +283,7 @@ class BridgeApp:
     # -- chat completions -----------------------------------------------------------
 
     async def _chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _require_json(scope)
         options = self.options
         body = parse_body(await self._read_body(receive))
         chat = parse_chat_request(

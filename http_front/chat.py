@@ -17,8 +17,16 @@ import orjson
 from supervisor.turn import TurnRequest
 
 from .blocks import strip_bridge_markup
-from .errors import bad_request
+from .errors import ApiError, bad_request
 
+#: The most characters (Unicode code points, what ``len`` counts) codex takes
+#: as one turn's input: ``turn/start`` refuses more with JSON-RPC error
+#: -32602 "Input exceeds the maximum length of 1048576 characters."
+#: (``data.input_error_code = "input_too_large"``). The limit applies to the
+#: sum of the turn's text items; the history replayed with
+#: ``thread/inject_items`` and the developer instructions have none.
+#: Measured on codex 0.169.0; tests/test_http_input.py checks it on the binary.
+MAX_TURN_INPUT_CHARS = 1_048_576
 REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Accepted for compatibility, and ignored: codex decides sampling itself.
@@ -54,6 +62,29 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return data
 
 
+def turn_input_too_long(text: str) -> bool:
+    """Whether codex would refuse ``text`` as a turn's input."""
+    return len(text) > MAX_TURN_INPUT_CHARS
+
+
+def _too_long(param: str, length: int) -> ApiError:
+    # OpenAI's answer to a string over a documented length.
+    return bad_request(
+        f"Invalid '{param}': string too long. Expected a string with maximum length "
+        f"{MAX_TURN_INPUT_CHARS}, but got a string with length {length} instead "
+        "(codex takes at most that many characters as a turn's input).",
+        param=param,
+        code="string_above_max_length",
+    )
+
+
+def _optional_string(data: dict[str, Any], field: str, param: str | None = None) -> str | None:
+    value = data.get(field)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"{param or field} must be a string", param=param or field)
+    return value
+
+
 def _text_of(content: Any, param: str) -> str:
     """The text of a message ``content``: a string or a list of text parts."""
     if content is None:
@@ -68,6 +99,8 @@ def _text_of(content: Any, param: str) -> str:
         if not isinstance(part, dict):
             raise bad_request(f"{where} must be an object", param=where)
         kind = part.get("type")
+        if not isinstance(kind, str):
+            raise bad_request(f"{where}.type must be a string", param=f"{where}.type")
         if kind in ("text", "input_text", "output_text"):
             text = part.get("text")
             if not isinstance(text, str):
@@ -106,6 +139,20 @@ def _check_number_fields(data: dict[str, Any]) -> None:
         raise bad_request("n > 1 is not supported: codex produces one answer per turn", param="n")
 
 
+def _check_identity_fields(data: dict[str, Any]) -> None:
+    """``user``, ``metadata`` and ``tools``: OpenAI types them, and
+    conversation/identity.py reads them to classify the request."""
+    _optional_string(data, "user")
+    metadata = data.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise bad_request("metadata must be an object", param="metadata")
+        _optional_string(metadata, "conversation_id", "metadata.conversation_id")
+    tools = data.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("tools must be an array", param="tools")
+
+
 def parse_chat_request(
     data: dict[str, Any], *, default_effort: str | None = None, summary: str | None = "auto"
 ) -> ChatRequest:
@@ -128,7 +175,9 @@ def parse_chat_request(
     if options is not None:
         if not isinstance(options, dict):
             raise bad_request("stream_options must be an object", param="stream_options")
-        flag = options.get("include_usage", False)
+        flag = options.get("include_usage")
+        if flag is None:
+            flag = False
         if not isinstance(flag, bool):
             raise bad_request(
                 "stream_options.include_usage must be a boolean",
@@ -136,12 +185,13 @@ def parse_chat_request(
             )
         include_usage = flag
     effort = data.get("reasoning_effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in REASONING_EFFORTS):
         raise bad_request(
             "reasoning_effort must be one of " + ", ".join(sorted(REASONING_EFFORTS)),
             param="reasoning_effort",
         )
     _check_number_fields(data)
+    _check_identity_fields(data)
 
     messages = data.get("messages")
     if messages is None:
@@ -163,12 +213,13 @@ def parse_chat_request(
                 f"{where}.role must be one of " + ", ".join(sorted(_ROLES)), param=f"{where}.role"
             )
         text = _text_of(message.get("content"), f"{where}.content")
+        name = _optional_string(message, "name", f"{where}.name")
+        call = _optional_string(message, "tool_call_id", f"{where}.tool_call_id")
         if role in ("system", "developer"):
             if text:
                 instructions.append(text)
         elif role in ("tool", "function"):
-            name = message.get("name") or message.get("tool_call_id") or "tool"
-            conversation.append(("user", f"[result of {name}]\n{text}"))
+            conversation.append(("user", f"[result of {name or call or 'tool'}]\n{text}"))
         elif role == "assistant":
             # Our own tool cards and <think> sections come back verbatim
             # from chat frontends; the model must not read them as text.
@@ -184,6 +235,8 @@ def parse_chat_request(
             f"messages[{len(messages) - 1}].content must not be empty",
             param=f"messages[{len(messages) - 1}].content",
         )
+    if turn_input_too_long(prompt):
+        raise _too_long(f"messages[{len(messages) - 1}].content", len(prompt))
     history = tuple(_history_item(role, text) for role, text in conversation[:-1] if text)
     everything = tuple(("system", text) for text in instructions) + tuple(conversation)
     return ChatRequest(

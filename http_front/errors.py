@@ -19,6 +19,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,6 +28,9 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        #: Answered before the request body was read to its end: the
+        #: connection cannot serve another request, and the client must know.
+        self.close_connection = close_connection
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)

@@ -85,6 +85,14 @@ class CodexRejected(TurnRefused):
     code = "codex_error"
 
 
+class InputTooLarge(TurnRefused):
+    """codex refused the turn's input as too long (the front checks first;
+    this is codex's own word on it)."""
+
+    status = 400
+    code = "string_above_max_length"
+
+
 class ThreadUnavailable(TurnRefused):
     """The requested thread could not be resumed (codex does not know it)."""
 
@@ -327,6 +335,8 @@ class TurnMultiplexer:
         except RpcCallError as exc:
             if exc.code == OVERLOADED:
                 raise _CodexOverloaded(exc.message) from exc
+            if isinstance(exc.data, dict) and exc.data.get("input_error_code") == "input_too_large":
+                raise InputTooLarge(exc.message) from exc
             raise CodexRejected(f"codex refused to {what}: {exc.message}") from exc
         except trio.TooSlowError as exc:
             raise NoChildAvailable(

@@ -20,6 +20,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from http_front import hypercorn_errors
 from http_front.app import BridgeApp, FrontOptions
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
@@ -154,6 +155,7 @@ async def run_service(
         max_request_body_bytes=settings.max_request_body_bytes,
         admin_token=settings.admin_token,
     )
+    hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/431 answers
     config = HypercornConfig()
     config.bind = [_bind(settings.host, settings.port)]
     # By the time the server is told to stop, every turn has ended; this only

@@ -324,13 +324,18 @@ BAD_REQUESTS: list[tuple[Any, int, str | None, str]] = [
 ]
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 async def test_bad_requests_get_openai_errors_and_nothing_reaches_codex(tmp_path: Path) -> None:
     log = LineLog()
     with trio.fail_after(60):
         async with running_service(make_settings(tmp_path), replay_launch("plain", tap=log)) as svc:
             for body, status, param, fragment in BAD_REQUESTS:
                 if isinstance(body, bytes):
-                    response = await svc.client.post("/v1/chat/completions", content=body)
+                    response = await svc.client.post(
+                        "/v1/chat/completions", content=body, headers=JSON_TYPE
+                    )
                 else:
                     response = await svc.client.post("/v1/chat/completions", json=body)
                 assert response.status_code == status, body
@@ -342,7 +347,7 @@ async def test_bad_requests_get_openai_errors_and_nothing_reaches_codex(tmp_path
             wrong_method = await svc.client.get("/v1/chat/completions")
             nowhere = await svc.client.post("/v1/nowhere", json={})
             too_big = await svc.client.post(
-                "/v1/chat/completions", content=b"x" * (9 * 1024 * 1024)
+                "/v1/chat/completions", content=b"x" * (9 * 1024 * 1024), headers=JSON_TYPE
             )
     assert wrong_method.status_code == 405
     assert nowhere.status_code == 404
@@ -353,7 +358,9 @@ async def test_bad_requests_get_openai_errors_and_nothing_reaches_codex(tmp_path
 
 async def test_transport_error_detail_is_not_a_stack_trace(tmp_path: Path) -> None:
     async with running_service(make_settings(tmp_path), replay_launch("plain")) as svc:
-        response = await svc.client.post("/v1/chat/completions", content=b"\xff\xfe")
+        response = await svc.client.post(
+            "/v1/chat/completions", content=b"\xff\xfe", headers=JSON_TYPE
+        )
     assert response.status_code == 400
     assert "Traceback" not in response.text
     assert isinstance(response.json()["error"]["message"], str)

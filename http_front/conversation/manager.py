@@ -5,10 +5,10 @@ its history extends what the thread has seen: only the new user message(s)
 are sent. A regenerated answer or an edited user message rolls the thread
 back to the turn where the request stops agreeing with it. Otherwise (an
 edited answer, an unknown key, a thread codex can no longer resume or roll
-back) the turn runs on a fresh thread seeded with the request's history,
-and the mapping follows it. Background
-tasks and requests without a key run on ephemeral threads and leave every
-mapping alone.
+back, new messages too long together for one turn's input) the turn runs on
+a fresh thread seeded with the request's history, and the mapping follows
+it. Background tasks and requests without a key run on ephemeral threads and
+leave every mapping alone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import trio
 from supervisor.keyed_locks import KeyedLocks
 from supervisor.turn import TurnRequest
 
-from ..chat import ChatRequest
+from ..chat import MAX_TURN_INPUT_CHARS, ChatRequest, turn_input_too_long
 from ..errors import ApiError
 from .identity import (
     RequestKind,
@@ -131,7 +131,18 @@ class Conversations:
         )
         record = await self.store.get(key)
         on_thread = self._on_thread(record, messages, signatures, fresh.request)
-        if on_thread is None and record is not None:
+        if on_thread is not None and turn_input_too_long(on_thread.request.text):
+            # The new user messages together are more than codex takes as one
+            # turn's input (the last alone was checked); a fresh thread gets
+            # the earlier ones as history, which has no such limit.
+            log.info(
+                "conversation %s: its new messages exceed %d characters together; "
+                "starting a fresh thread",
+                key,
+                MAX_TURN_INPUT_CHARS,
+            )
+            on_thread = None
+        elif on_thread is None and record is not None:
             log.info("conversation %s diverged from its thread; starting a fresh one", key)
         candidates = (fresh,) if on_thread is None else (on_thread, fresh)
         return Plan(kind, candidates, key, signatures)
