@@ -153,6 +153,14 @@ class CodexClient:
         )
         return result
 
+    async def ping(self, *, timeout_s: float = math.inf) -> None:
+        """The cheapest request codex answers: a liveness check.
+
+        ``thread/loaded/list`` reads an in-memory table of the process; it
+        touches neither the network nor the disk.
+        """
+        await self.peer.request("thread/loaded/list", {"limit": 1}, timeout_s=timeout_s)
+
     async def model_list(self, *, timeout_s: float = math.inf) -> list[ModelInfo]:
         """Every model, following ``nextCursor`` pages."""
         models: list[ModelInfo] = []

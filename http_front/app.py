@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.protocol import TokenCounts
 from supervisor.multiplexer import ThreadUnavailable, TurnMultiplexer, TurnRefused
 from supervisor.turn import FailureKind, Turn, TurnRequest
 
@@ -24,7 +25,7 @@ from .chat import ChatRequest, parse_body, parse_chat_request
 from .conversation.identity import RequestKind
 from .conversation.manager import Conversations
 from .errors import ApiError, error_type_for_status
-from .render import Aggregate, ReasoningFormat, RenderOptions, TurnRenderer
+from .render import Aggregate, ReasoningFormat, RenderOptions, TurnRenderer, Usage
 from .sse import DONE, KEEPALIVE, ChunkEncoder
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,7 @@ class BridgeApp:
             tail.append(encoder.error(failure))
         tail.append(encoder.finish(renderer.finish_reason()))
         if chat.include_usage:
-            tail.append(encoder.usage(renderer.usage()))
+            tail.append(encoder.usage(Usage.of(turn.usage if turn is not None else TokenCounts())))
         tail.append(DONE)
         if turn is not None:
             on_outcome(
@@ -501,7 +502,7 @@ class BridgeApp:
                 "choices": [
                     {"index": 0, "message": message, "finish_reason": renderer.finish_reason()}
                 ],
-                "usage": renderer.usage().to_openai(),
+                "usage": Usage.of(turn.usage).to_openai(),
             },
         )
 

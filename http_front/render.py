@@ -87,18 +87,15 @@ class Usage:
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 
-
-ZERO_USAGE = Usage(0, 0, 0, 0, 0)
-
-
-def _minus(a: TokenCounts, b: TokenCounts) -> TokenCounts:
-    return TokenCounts(
-        a.total_tokens - b.total_tokens,
-        a.input_tokens - b.input_tokens,
-        a.cached_input_tokens - b.cached_input_tokens,
-        a.output_tokens - b.output_tokens,
-        a.reasoning_output_tokens - b.reasoning_output_tokens,
-    )
+    @classmethod
+    def of(cls, counts: TokenCounts) -> Usage:
+        return cls(
+            prompt_tokens=counts.input_tokens,
+            completion_tokens=counts.output_tokens,
+            total_tokens=counts.total_tokens,
+            cached_tokens=counts.cached_input_tokens,
+            reasoning_tokens=counts.reasoning_output_tokens,
+        )
 
 
 @attrs.frozen
@@ -127,8 +124,6 @@ class TurnRenderer:
 
     def __init__(self, options: RenderOptions | None = None) -> None:
         self.options = options or RenderOptions()
-        self._baseline: TokenCounts | None = None
-        self._total: TokenCounts | None = None
         self.completed: TurnCompleted | None = None
         self.last_error: TurnErrorEvent | None = None
         #: Pieces rendered so far: whether the client has seen anything.
@@ -456,12 +451,7 @@ class TurnRenderer:
     # -- usage and end ---------------------------------------------------------------
 
     def _usage(self, event: TokenUsageUpdated) -> list[Piece]:
-        if self._baseline is None:
-            # ``total`` accumulates over the thread; what it held before this
-            # turn's first model call is that call's total minus its own share.
-            self._baseline = _minus(event.total, event.last)
-        self._total = event.total
-        return []
+        return []  # counted by the turn itself (supervisor.turn.Turn.usage)
 
     def _completed(self, event: TurnCompleted) -> list[Piece]:
         self.completed = event
@@ -489,19 +479,11 @@ class TurnRenderer:
 
     # -- results ---------------------------------------------------------------
 
-    def usage(self) -> Usage:
-        if self._total is None or self._baseline is None:
-            return ZERO_USAGE
-        turn = _minus(self._total, self._baseline)
-        return Usage(
-            prompt_tokens=turn.input_tokens,
-            completion_tokens=turn.output_tokens,
-            total_tokens=turn.total_tokens,
-            cached_tokens=turn.cached_input_tokens,
-            reasoning_tokens=turn.reasoning_output_tokens,
-        )
-
     def finish_reason(self) -> str:
+        """``stop``, ``length`` (the model's output limit), or ``error`` for a
+        turn that failed, was interrupted or could not run."""
+        if self._finish_reason == "stop" and self.failure() is not None:
+            return "error"
         return self._finish_reason
 
     def failure(self) -> Failure | None:

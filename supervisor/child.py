@@ -54,6 +54,8 @@ class ChildState(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
+    #: Being stopped (asked to, killed, or found hung): takes no turn, ever again.
+    STOPPING = "stopping"
     STOPPED = "stopped"
 
 
@@ -111,7 +113,11 @@ class Child:
         self.turns_served = 0
         self.pid: int | None = None
         self.exit_reason: str | None = None
+        #: The process's return code once reaped (negative: killed by that signal).
+        self.exit_code: int | None = None
         self.auth_problem: str | None = None
+        #: codex's model catalog, as this child listed it at start-up.
+        self.models: tuple[ModelInfo, ...] | None = None
         self.ready_at: float | None = None
         #: Being drained to be replaced: it will not come back to READY.
         self.stopping = False
@@ -128,18 +134,53 @@ class Child:
         return self._client
 
     @property
+    def exit_signal(self) -> signal.Signals | None:
+        """The signal that ended the process, if one did."""
+        code = self.exit_code
+        if code is None or code >= 0:
+            return None
+        try:
+            return signal.Signals(-code)
+        except ValueError:
+            return None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the child was asked to stop (or killed), if it was."""
+        return self._stop_reason
+
+    @property
     def usable(self) -> bool:
         return self.state is ChildState.READY
 
     def request_stop(
         self, reason: str = "stopped by the supervisor", *, planned: bool = True
     ) -> None:
-        """Ask ``run`` to stop the process (gracefully) and return."""
+        """Ask ``run`` to stop the process (gracefully) and return.
+
+        From this moment on the child takes no new turn: it is ``STOPPING``
+        until reaped, however long the process takes to go.
+        """
         if not self._stop.is_set():
             self._stop_reason = reason
             self.planned_stop = planned
             self.stopping = True
+        if self.state is not ChildState.STOPPED:
+            self.state = ChildState.STOPPING
         self._stop.set()
+
+    def kill(self, reason: str) -> None:
+        """Stop a child that cannot be trusted to stop by itself (hung, stopped).
+
+        Everything waiting on it fails at once (:class:`PeerClosed`), the
+        process group gets SIGKILL now instead of after the graceful steps,
+        and ``run`` reaps it as usual.
+        """
+        self.request_stop(reason, planned=False)
+        if self._client is not None:
+            self._client.peer.close(reason)
+        if self.pid is not None and self.state is not ChildState.STOPPED:
+            _killpg(self.pid, signal.SIGKILL)
 
     def describe(self, now: float) -> dict[str, object]:
         """Operator-facing facts about this child."""
@@ -209,7 +250,8 @@ class Child:
                 except ChildStartError as exc:
                     start_error = exc
                 else:
-                    self.state = ChildState.READY
+                    if not self.stopping:  # a stop asked for during the handshake stands
+                        self.state = ChildState.READY
                     self.ready_at = trio.current_time()
                     log.info("%s: ready (pid %d)", self.name, process.pid)
                     task_status.started(self)
@@ -224,6 +266,7 @@ class Child:
                 ended_by_us = not went_away and start_error is None
                 code = await self._reap(process)
                 MANAGED_PIDS.discard(process.pid)
+                self.exit_code = code
                 self.exit_reason = self._describe_exit(code, ended_by_us)
                 peer.close(self.exit_reason)
                 self.state = ChildState.STOPPED
@@ -246,6 +289,7 @@ class Child:
                     ClientInfo(launch.client_name, _VERSION, "codex-bridge")
                 )
                 await self.check_auth()
+                await self._list_models()
         except trio.TooSlowError as exc:
             raise ChildStartError(
                 f"{self.name}: no answer to initialize within {launch.startup_timeout_s:g}s"
@@ -255,6 +299,27 @@ class Child:
             raise ChildStartError(
                 f"{self.name}: handshake failed: {exc}" + (f"; stderr: {tail}" if tail else "")
             ) from exc
+
+    async def _list_models(self) -> None:
+        """Learn codex's catalog now, so serving it never waits on one child."""
+        try:
+            self.models = tuple(await self.client.model_list())
+        except RpcCallError as exc:
+            log.warning("%s: cannot list models: %s", self.name, exc.message)
+
+    async def ping(self, timeout_s: float) -> bool:
+        """A cheap request with a deadline: False if the child did not answer in time.
+
+        An error reply counts as an answer (the process is alive and reading);
+        a closed connection is the exit watcher's business, not a hang.
+        """
+        try:
+            await self.client.ping(timeout_s=timeout_s)
+        except trio.TooSlowError:
+            return False
+        except (RpcCallError, PeerClosed):
+            pass
+        return True
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream) -> None:
         framer = LineFramer(64 * 1024)

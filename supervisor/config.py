@@ -114,6 +114,10 @@ class Settings:
     #: monitor_interval_s.
     recycle_rss_mib: float = attrs.field(default=0.0, validator=_non_negative)
     monitor_interval_s: float = attrs.field(default=10.0, validator=_positive)
+    #: Every liveness_interval_s each child must answer a cheap request within
+    #: liveness_timeout_s, or it is killed and replaced (a hung child).
+    liveness_interval_s: float = attrs.field(default=10.0, validator=_positive)
+    liveness_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Adopt and reap orphans of codex's own subprocesses (Linux).
     subreaper: bool = True
@@ -138,6 +142,12 @@ class Settings:
     #: codex's overload answers (-32001) retried this many times, with backoff.
     overload_retries: int = attrs.field(default=3, validator=_non_negative)
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
+    #: What may wait, per stream, for a client that reads slower than codex
+    #: writes; beyond it the turn is stopped (the client is too slow).
+    stream_buffer_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    #: A client that takes nothing from its stream for this long (the
+    #: connection's send window stays shut) is cut off, and its turn stopped.
+    client_stall_timeout_s: float = attrs.field(default=60.0, validator=_positive)
 
     #: Where conversation → thread mappings live: sqlite:///PATH or redis://HOST:PORT/DB
     #: (default: a SQLite file under the state directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,12 +26,22 @@ class KeyedLocks:
         return gate is not None and gate.lock.locked()
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str, *, timeout_s: float = math.inf) -> AsyncIterator[bool]:
+        """Hold ``key``'s lock; yields False (not holding it) after ``timeout_s``."""
         gate = self._gates.setdefault(key, _Gate())
         gate.users += 1
         try:
-            async with gate.lock:
-                yield
+            acquired = False
+            with trio.move_on_after(timeout_s):
+                await gate.lock.acquire()
+                acquired = True
+            if not acquired:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                gate.lock.release()
         finally:
             gate.users -= 1
             if not gate.users:

@@ -32,6 +32,7 @@ from bridge.protocol import (
     ThreadResumeParams,
     ThreadRevertParams,
     ThreadStartParams,
+    TokenCounts,
     TurnInterruptParams,
     TurnStartParams,
 )
@@ -72,6 +73,10 @@ class Overloaded(TurnRefused):
 
 class NoChildAvailable(TurnRefused):
     code = "no_codex_available"
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotAuthenticated(TurnRefused):
@@ -128,6 +133,7 @@ class TurnMultiplexer:
         rpc_timeout_s: float = 30.0,
         interrupt_grace_s: float = 5.0,
         turn_event_buffer: int = 8192,
+        stream_buffer_bytes: int = 4 * 1024 * 1024,
         turn_idle_timeout_s: float = math.inf,
         turn_timeout_s: float = math.inf,
         turn_retry_timeout_s: float = math.inf,
@@ -143,6 +149,7 @@ class TurnMultiplexer:
         self.rpc_timeout_s = rpc_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.turn_event_buffer = turn_event_buffer
+        self.stream_buffer_bytes = stream_buffer_bytes
         self.turn_idle_timeout_s = turn_idle_timeout_s
         self.turn_timeout_s = turn_timeout_s
         self.turn_retry_timeout_s = turn_retry_timeout_s
@@ -152,6 +159,9 @@ class TurnMultiplexer:
         self.default_model = default_model
         self._waiters: collections.deque[object] = collections.deque()
         self._owners: dict[str, Child] = {}
+        #: An owned thread's token total after its last turn: the next turn's
+        #: baseline (codex reports running totals of the whole thread).
+        self._thread_totals: dict[str, TokenCounts] = {}
         self._threads = KeyedLocks()  # one turn at a time per thread
         self._models: list[ModelInfo] | None = None
         self._models_at = -math.inf
@@ -235,12 +245,17 @@ class TurnMultiplexer:
                 while not is_stopped(owner):
                     await self.pool.wait_changed()
         if owner is not None and is_stopped(owner):
-            del self._owners[thread_id]
-            owner.threads.discard(thread_id)
+            self._disown(thread_id)
             owner = None
         if owner is None:
             return await self._acquire(), True
         return await self._acquire(owner), False
+
+    def _disown(self, thread_id: str) -> None:
+        owner = self._owners.pop(thread_id, None)
+        if owner is not None:
+            owner.threads.discard(thread_id)
+        self._thread_totals.pop(thread_id, None)
 
     @asynccontextmanager
     async def _thread_gate(self, thread_id: str | None) -> AsyncIterator[None]:
@@ -254,23 +269,46 @@ class TurnMultiplexer:
     # -- models ----------------------------------------------------------------
 
     async def models(self, *, max_age_s: float = 60.0) -> list[ModelInfo]:
-        """codex's model catalog (``model/list``), cached for ``max_age_s``."""
-        if self._models is not None and trio.current_time() - self._models_at < max_age_s:
+        """codex's model catalog (``model/list``), cached for ``max_age_s``.
+
+        Every child lists the catalog when it starts, so this normally costs
+        no request at all. When the cache is older than ``max_age_s`` the
+        usable children are asked in turn, each with a short deadline; one
+        that does not answer is skipped (the liveness check deals with it),
+        and the last known catalog is served if none answers.
+        """
+        now = trio.current_time()
+        if self._models is not None and now - self._models_at < max_age_s:
             return self._models
-        children = self.pool.usable_children
-        if not children:
-            if self._models is not None:
-                return self._models
-            raise NoChildAvailable(self.pool.unavailable_reason())
-        try:
-            models = await children[0].client.model_list(timeout_s=self.rpc_timeout_s)
-        except (PeerClosed, RpcCallError, trio.TooSlowError) as exc:
-            if self._models is not None:
-                return self._models
-            raise NoChildAvailable(f"cannot list codex models: {exc}") from exc
+        for child in self.pool.usable_children:
+            if child.models is not None and (
+                child.ready_at is not None and child.ready_at > self._models_at
+            ):
+                self._remember_models(list(child.models), child.ready_at)
+        if self._models is not None and now - self._models_at < max_age_s:
+            return self._models
+        failures = []
+        for child in sorted(self.pool.usable_children, key=lambda c: c.load):
+            try:
+                models = await child.client.model_list(
+                    timeout_s=self.pool.policy.liveness_timeout_s
+                )
+            except trio.TooSlowError:
+                failures.append(f"{child.name}: no answer in time")
+            except (PeerClosed, RpcCallError) as exc:
+                failures.append(f"{child.name}: {exc}")
+            else:
+                self._remember_models(models, trio.current_time())
+                return models
+        if self._models is not None:
+            return self._models
+        if failures:
+            raise NoChildAvailable("cannot list codex models: " + "; ".join(failures))
+        raise NoChildAvailable(self.pool.unavailable_reason())
+
+    def _remember_models(self, models: list[ModelInfo], at: float) -> None:
         self._models = models
-        self._models_at = trio.current_time()
-        return models
+        self._models_at = at
 
     # -- turns -------------------------------------------------------------------
 
@@ -297,6 +335,8 @@ class TurnMultiplexer:
                     await self._finish(child, turn)
                     child.turns.discard(turn)
                     child.client.peer.remove_route(turn.thread_id, turn.on_notification)
+                    if turn.thread_total is not None and turn.thread_id in self._owners:
+                        self._thread_totals[turn.thread_id] = turn.thread_total
                     child.turns_served += 1
                     self._release(child)
                     self.pool.turn_finished(child)
@@ -308,12 +348,14 @@ class TurnMultiplexer:
             child, resume = await self._acquire_for(request.thread_id)
             try:
                 return child, await self._start(child, request, resume=resume)
-            except PeerClosed as exc:
+            except (PeerClosed, _ChildHung) as exc:
                 self._release(child)
+                if isinstance(exc, _ChildHung):
+                    self.pool.kill(child, str(exc))
                 child_deaths += 1
-                if child_deaths > 1:
+                if child_deaths > max(1, self.pool.size - 1):
                     raise NoChildAvailable(f"codex app-server went away: {exc}") from exc
-                log.warning("%s died while starting a turn; trying another child", child.name)
+                log.warning("%s went away while starting a turn; trying another child", child.name)
             except _CodexOverloaded as exc:
                 self._release(child)
                 overloads += 1
@@ -339,9 +381,7 @@ class TurnMultiplexer:
                 raise InputTooLarge(exc.message) from exc
             raise CodexRejected(f"codex refused to {what}: {exc.message}") from exc
         except trio.TooSlowError as exc:
-            raise NoChildAvailable(
-                f"{child.name} did not {what} within {self.rpc_timeout_s:g}s"
-            ) from exc
+            raise _ChildHung(f"did not {what} within {self.rpc_timeout_s:g}s") from exc
 
     async def _open_thread(
         self, child: Child, request: TurnRequest, resume: bool
@@ -361,7 +401,7 @@ class TurnMultiplexer:
                     f"thread {request.thread_id} cannot be resumed: {exc.message}"
                 ) from exc
             except trio.TooSlowError as exc:
-                raise NoChildAvailable(f"{child.name} did not resume the thread in time") from exc
+                raise _ChildHung(f"did not resume a thread within {self.rpc_timeout_s:g}s") from exc
             thread_id, model = resumed.thread.id, resumed.model
         elif request.thread_id is not None:
             return request.thread_id, request.model or self.default_model or ""
@@ -400,16 +440,28 @@ class TurnMultiplexer:
                     ThreadRevertParams(thread_id, request.revert_before_turn),
                     timeout_s=self.rpc_timeout_s,
                 )
-            except (RpcCallError, trio.TooSlowError) as exc:
+            except RpcCallError as exc:
                 raise ThreadUnavailable(f"thread {thread_id} cannot be rolled back: {exc}") from exc
+            except trio.TooSlowError as exc:
+                raise _ChildHung(
+                    f"did not roll a thread back within {self.rpc_timeout_s:g}s"
+                ) from exc
         turn = Turn(
             thread_id=thread_id,
             child_name=child.name,
             model=model or request.model or "",
             buffer_size=self.turn_event_buffer,
+            max_buffered_bytes=self.stream_buffer_bytes,
             idle_timeout_s=self.turn_idle_timeout_s,
             turn_timeout_s=self.turn_timeout_s,
             retry_timeout_s=self.turn_retry_timeout_s,
+            usage_baseline=(
+                TokenCounts()  # a fresh thread
+                if request.thread_id is None
+                else None
+                if request.revert_before_turn is not None
+                else self._thread_totals.get(thread_id)
+            ),
         )
         # Route before turn/start: codex may emit events before answering.
         peer = child.client.peer
@@ -528,3 +580,8 @@ class ShuttingDown(TurnRefused):
 
 class _CodexOverloaded(Exception):
     """codex answered -32001: try again later or elsewhere."""
+
+
+class _ChildHung(Exception):
+    """A child did not answer a request of a turn's set-up in time: it is
+    killed, and the turn is tried on another child."""

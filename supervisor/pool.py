@@ -3,10 +3,21 @@
 Each slot runs one child at a time. A child that exits on its own is
 restarted after an exponential backoff with jitter; a slot whose children
 keep dying (``crash_loop_exits`` within ``crash_loop_window_s``) opens its
-breaker and waits ``breaker_cooldown_s`` before trying again. Planned stops
-(an operator's restart, recycling after N turns or above an RSS limit) go
-through *draining*: the child takes no new turns, its running turns finish
-(bounded by ``drain_timeout_s``), then it is replaced at once.
+breaker and waits ``breaker_cooldown_s`` before trying again. Only a child
+that *crashes* counts towards the breaker and the growing backoff: one that
+fails its start-up, or exits on its own (an error code, a fatal signal such as
+SIGSEGV) soon after it became ready. A child that ran and was then killed —
+``kill -9`` by someone, the OOM killer, the pool itself after a failed
+liveness check — is replaced at once: fresh children start fine, and a storm
+of kills must not leave the pool waiting out a breaker.
+
+Every ``liveness_interval_s`` each running child must answer a cheap request
+within ``liveness_timeout_s``; one that does not (stopped, deadlocked) is
+killed and replaced, and every turn and request waiting on it fails over.
+
+Planned stops (an operator's restart, recycling after N turns or above an RSS
+limit) go through *draining*: the child takes no new turns, its running turns
+finish (bounded by ``drain_timeout_s``), then it is replaced at once.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import collections
 import logging
 import math
 import random
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +37,9 @@ from .child import Child, ChildLaunch, ChildStartError, ChildState, rss_mib
 from .turn import FailureKind
 
 log = logging.getLogger(__name__)
+
+#: How a child that was killed from outside ends; other exits are crashes.
+_KILL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class UnknownChild(Exception):
@@ -56,6 +71,8 @@ class PoolPolicy:
     recycle_after_turns: int = 0
     recycle_rss_mib: float = 0.0
     monitor_interval_s: float = 10.0
+    liveness_interval_s: float = 10.0
+    liveness_timeout_s: float = 10.0
 
 
 class Pool:
@@ -157,6 +174,8 @@ class Pool:
                 )
             elif child is not None and child.state is ChildState.DRAINING:
                 reasons.append(f"{child.name}: draining")
+            elif child is not None and child.state is ChildState.STOPPING:
+                reasons.append(f"{child.name}: stopping ({child.stop_reason})")
             elif child is not None and child.state is ChildState.STARTING:
                 last = f" (the last one {slot.last_exit_reason})" if slot.last_exit_reason else ""
                 reasons.append(f"{child.name}: starting{last}")
@@ -231,9 +250,12 @@ class Pool:
         return slot.replaced
 
     def kill(self, child: Child, reason: str) -> None:
-        """Stop a misbehaving child now; counts as a failure of its slot."""
-        log.error("%s: %s; stopping it", child.name, reason)
-        child.request_stop(reason, planned=False)
+        """Kill a misbehaving (hung) child now; it is replaced at once."""
+        if child.state in (ChildState.STOPPING, ChildState.STOPPED):
+            return
+        log.error("%s: %s; killing it", child.name, reason)
+        child.kill(reason)
+        self._notify()
 
     async def rolling_restart(self) -> bool:
         """Replace every child, one at a time; False if one was already running."""
@@ -291,12 +313,13 @@ class Pool:
                 nursery.start_soon(self._run_slot, slot, first_round[slot.index])
             if self.policy.recycle_rss_mib:
                 nursery.start_soon(self._watch_memory)
+            nursery.start_soon(self._watch_liveness)
             for event in first_round:
                 await event.wait()
             task_status.started(self)
 
     async def _run_slot(self, slot: Slot, first_attempt: trio.Event) -> None:
-        failures = 0
+        crashes = 0  # in a row, for the backoff
         while True:
             await self._wait_breaker(slot)
             child = Child(self._name(slot.index, slot.generation), self.launch)
@@ -310,9 +333,7 @@ class Pool:
                     except ChildStartError as exc:
                         log.error("%s: failed to start: %s", child.name, exc)
                         child.exit_reason = child.exit_reason or str(exc)
-                        failures += 1
                     else:
-                        failures = 0
                         first_attempt.set()
                         if slot.replaced is not None and not slot.replaced.is_set():
                             slot.replaced.set()
@@ -324,12 +345,32 @@ class Pool:
                 self._notify()
             slot.restarts += 1
             if child.planned_stop:
-                delay = 0.0
-            else:
-                delay = self._backoff(failures or 1)
+                crashes, delay = 0, 0.0
+                log.info("%s: %s; replacing it", child.name, child.exit_reason)
+            elif self._crashed(child):
+                crashes += 1
+                delay = self._backoff(crashes)
                 self._count_exit(slot)
-            log.warning("%s: %s; restarting in %.2fs", child.name, child.exit_reason, delay)
+                log.warning("%s: %s; restarting in %.2fs", child.name, child.exit_reason, delay)
+            else:
+                # It ran and was killed: nothing says a new one will not start fine.
+                crashes, delay = 0, 0.0
+                log.warning("%s: %s; replacing it", child.name, child.exit_reason)
             await trio.sleep(delay)
+
+    def _crashed(self, child: Child) -> bool:
+        """Did ``child`` crash (count it), rather than run and then get killed?
+
+        A crash: it never became ready, or it exited on its own — an exit
+        code, or a fatal signal of its own making (SIGSEGV, SIGABRT, …) —
+        within ``crash_loop_window_s`` of becoming ready. Killed: SIGKILL,
+        SIGTERM, SIGINT or SIGHUP from outside, or killed by the pool.
+        """
+        if child.ready_at is None:
+            return True
+        if child.stopping or child.exit_signal in _KILL_SIGNALS:
+            return False
+        return trio.current_time() - child.ready_at < self.policy.crash_loop_window_s
 
     def _count_exit(self, slot: Slot) -> None:
         now = trio.current_time()
@@ -357,6 +398,27 @@ class Pool:
         for _ in range(self.policy.crash_loop_exits - 1):
             slot.exits.append(trio.current_time())
         self._notify()
+
+    async def _watch_liveness(self) -> None:
+        """Kill children that stop answering (see the module docs)."""
+        probing: set[Child] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(self.policy.liveness_interval_s)
+                for child in self.children:
+                    if child.state in (ChildState.READY, ChildState.DRAINING) and (
+                        child not in probing
+                    ):
+                        probing.add(child)
+                        nursery.start_soon(self._probe, child, probing)
+
+    async def _probe(self, child: Child, probing: set[Child]) -> None:
+        timeout = self.policy.liveness_timeout_s
+        try:
+            if not await child.ping(timeout):
+                self.kill(child, f"no answer to a liveness check within {timeout:g}s")
+        finally:
+            probing.discard(child)
 
     async def _watch_memory(self) -> None:
         limit = self.policy.recycle_rss_mib

@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Mapping
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, cast
 
 import attrs
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from http_front import hypercorn_errors
 from http_front.app import BridgeApp, FrontOptions
@@ -115,6 +119,8 @@ async def run_service(
             recycle_after_turns=settings.recycle_after_turns,
             recycle_rss_mib=settings.recycle_rss_mib,
             monitor_interval_s=settings.monitor_interval_s,
+            liveness_interval_s=settings.liveness_interval_s,
+            liveness_timeout_s=settings.liveness_timeout_s,
         ),
     )
     multiplexer = TurnMultiplexer(
@@ -125,6 +131,7 @@ async def run_service(
         rpc_timeout_s=settings.rpc_timeout_s,
         interrupt_grace_s=settings.interrupt_grace_s,
         turn_event_buffer=settings.turn_event_buffer,
+        stream_buffer_bytes=settings.stream_buffer_bytes,
         turn_idle_timeout_s=settings.turn_idle_timeout_s,
         turn_timeout_s=settings.turn_timeout_s,
         turn_retry_timeout_s=settings.turn_retry_timeout_s,
@@ -145,6 +152,7 @@ async def run_service(
         workspace_root=settings.workspace_dir,
         header_names=[h.strip() for h in settings.conversation_headers.split(",") if h.strip()],
         busy_policy=settings.conversation_busy,
+        wait_timeout_s=settings.queue_timeout_s,
         task_model=settings.task_model,
     )
     app = BridgeApp(
@@ -174,14 +182,16 @@ async def run_service(
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(pool.run)
         log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
-        async with trio.open_nursery() as server:
+        sockets = listening_sockets(config, settings.client_stall_timeout_s)
+        async with _closing(sockets), trio.open_nursery() as server:
             binds: list[str] = await server.start(
-                # BridgeApp speaks plain ASGI dicts; hypercorn's TypedDict
-                # signature is structurally the same thing.
                 partial(
-                    hypercorn.trio.serve,
-                    cast("Any", app),
+                    worker_serve,
+                    # BridgeApp speaks plain ASGI dicts; hypercorn's TypedDict
+                    # signature is structurally the same thing.
+                    wrap_app(cast("Any", app), config.wsgi_max_body_size, "asgi"),
                     config,
+                    sockets=sockets,
                     shutdown_trigger=stop_server.wait,
                 )
             )
@@ -201,6 +211,47 @@ async def run_service(
         left = await reap_all_orphans()
         if left:
             log.warning("processes %s outlived the pool", left)
+
+
+def listening_sockets(config: HypercornConfig, stall_timeout_s: float) -> Sockets:
+    """Hypercorn's listening sockets, set so that a stalled client is cut off.
+
+    Hypercorn writes responses shielded from cancellation and without a
+    deadline: a client that stops reading would hold its connection, and the
+    task streaming to it, for ever. ``TCP_USER_TIMEOUT`` (Linux) has the
+    kernel abort a connection whose sent data stays unacknowledged — the
+    client's receive window kept shut — for ``stall_timeout_s``; accepted
+    connections inherit it from the listening socket. The stuck write then
+    fails, Hypercorn reports the client gone, and its turn is interrupted.
+    Connections with nothing in flight (idle, or a stream between deltas)
+    are not affected. Raises :class:`OSError` if an address cannot be bound.
+    """
+    sockets = config.create_sockets()
+    every = [*sockets.secure_sockets, *sockets.insecure_sockets]
+    try:
+        for sock in every:
+            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall_timeout_s * 1000)
+                )
+            sock.listen(config.backlog)
+    except BaseException:
+        for sock in every:
+            sock.close()
+        raise
+    return sockets
+
+
+@asynccontextmanager
+async def _closing(sockets: Sockets) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
 
 
 def status_line(mux: TurnMultiplexer) -> str:

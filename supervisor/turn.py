@@ -25,6 +25,8 @@ from bridge.protocol import (
     ItemStarted,
     OtherEvent,
     ReasoningDelta,
+    TokenCounts,
+    TokenUsageUpdated,
     TurnCompleted,
     TurnErrorEvent,
     TurnEvent,
@@ -83,18 +85,56 @@ _IGNORED_METHODS = frozenset(
 )
 
 
+#: What a queued event other than a text delta is counted as, in bytes: a
+#: parsed notification is a few small dicts (its text, if any, is added).
+_EVENT_OVERHEAD_BYTES = 256
+#: A merged run joins its parts every this many appends: memory stays close to
+#: the text itself (one small str object per delta would cost ~50 bytes each).
+_COMPACT_EVERY = 256
+
+
+def _minus(a: TokenCounts, b: TokenCounts) -> TokenCounts:
+    return TokenCounts(
+        max(0, a.total_tokens - b.total_tokens),
+        max(0, a.input_tokens - b.input_tokens),
+        max(0, a.cached_input_tokens - b.cached_input_tokens),
+        max(0, a.output_tokens - b.output_tokens),
+        max(0, a.reasoning_output_tokens - b.reasoning_output_tokens),
+    )
+
+
+def _event_bytes(event: TurnEvent) -> int:
+    """The memory a queued event is accounted for (see ``max_buffered_bytes``)."""
+    if isinstance(event, AgentMessageDelta | ReasoningDelta):
+        return len(event.delta)
+    if isinstance(event, OtherEvent):
+        delta = event.params.get("delta")
+        if isinstance(delta, str):
+            return _EVENT_OVERHEAD_BYTES + len(delta)
+    return _EVENT_OVERHEAD_BYTES
+
+
 class _DeltaRun:
     """Consecutive text deltas of one item, merged while the consumer lags.
 
-    Parts are joined once, when the run is handed out, so merging a long
-    burst costs linear, not quadratic, time.
+    Parts are joined every ``_COMPACT_EVERY`` appends and once more when the
+    run is handed out, so merging a long burst costs linear time and memory
+    close to the text's own size.
     """
 
-    __slots__ = ("first", "parts")
+    __slots__ = ("first", "parts", "size")
 
     def __init__(self, first: AgentMessageDelta | ReasoningDelta) -> None:
         self.first = first
         self.parts = [first.delta]
+        self.size = len(first.delta)
+
+    def append(self, delta: str) -> None:
+        parts = self.parts
+        parts.append(delta)
+        self.size += len(delta)
+        if len(parts) >= _COMPACT_EVERY:
+            self.parts = ["".join(parts)]
 
     def accepts(self, event: TurnEvent) -> bool:
         first = self.first
@@ -125,8 +165,15 @@ class Turn:
     Past ``coalesce_after`` queued events, new text deltas are merged into
     the queued run of the same item — the client gets the same text in
     fewer, larger chunks, and memory stays proportional to the text not yet
-    sent. Past ``buffer_size`` queued events that cannot be merged, the turn
-    is failed as too slow.
+    sent. Past ``buffer_size`` queued events that cannot be merged, or past
+    ``max_buffered_bytes`` of queued text (whatever the client does, a
+    turn's backlog never grows beyond it), the turn is failed as too slow.
+
+    Deadlines: the turn fails when codex sends nothing for
+    ``idle_timeout_s`` (measured from codex's last event, however often the
+    consumer comes back to wait), when it runs longer than
+    ``turn_timeout_s``, or when codex only keeps retrying an unreachable
+    model for ``retry_timeout_s``.
     """
 
     def __init__(
@@ -136,9 +183,11 @@ class Turn:
         child_name: str,
         model: str,
         buffer_size: int,
+        max_buffered_bytes: int = 4 * 1024 * 1024,
         idle_timeout_s: float = math.inf,
         turn_timeout_s: float = math.inf,
         retry_timeout_s: float = math.inf,
+        usage_baseline: TokenCounts | None = None,
     ) -> None:
         self.thread_id = thread_id
         self.child_name = child_name
@@ -148,8 +197,12 @@ class Turn:
         self._wakeup = trio.Event()
         self.buffer_size = buffer_size
         self.coalesce_after = max(1, buffer_size // 8)
+        self.max_buffered_bytes = max_buffered_bytes
+        self._queued_bytes = 0
         self.idle_timeout_s = idle_timeout_s
         self.deadline = trio.current_time() + turn_timeout_s
+        #: When codex last said something about this turn (the idle timer).
+        self._last_activity = trio.current_time()
         # codex retries an unreachable model forever (``error`` with
         # willRetry every few seconds, never turn/completed): progress is
         # anything else, and a turn without it for retry_timeout_s fails.
@@ -160,6 +213,13 @@ class Turn:
         self._delivered_terminal = False
         self.failure_kind: FailureKind | None = None
         self._codex_finished = trio.Event()
+        #: The thread's token total before this turn, when known (a fresh
+        #: thread: zero). codex reports running totals of the whole thread.
+        self.usage_baseline = usage_baseline
+        self._first_usage: TokenUsageUpdated | None = None
+        #: The thread's latest total — also from reports that come after the
+        #: bridge ended the turn (codex counts a cut call when interrupted).
+        self.thread_total: TokenCounts | None = None
         #: Commands of this turn still running (item id → command line):
         #: codex leaves them running when a turn is interrupted.
         self.running_commands: dict[str, str] = {}
@@ -186,8 +246,11 @@ class Turn:
             return
         if isinstance(event, ItemStarted | ItemCompleted) and event.item_type == "commandExecution":
             self._track_command(event)
+        if isinstance(event, TokenUsageUpdated):
+            self._count(event)
         if self.terminal is not None:
             return
+        self._last_activity = trio.current_time()
         if isinstance(event, TurnErrorEvent) and event.will_retry:
             self._last_retry = event
             if trio.current_time() >= self._retry_deadline():
@@ -198,6 +261,28 @@ class Turn:
             self._last_progress = trio.current_time()
             self._last_retry = None
         self._push(event)
+
+    def _count(self, event: TokenUsageUpdated) -> None:
+        if self._first_usage is None:
+            self._first_usage = event
+        self.thread_total = event.total
+
+    @property
+    def usage(self) -> TokenCounts:
+        """Tokens this turn used: the thread's total now minus before the turn.
+
+        Without a known baseline (a thread resumed after a restart) the total
+        before the turn is taken as the first report's total minus that
+        call's own share, which is exact unless the turn was cut before any
+        model call completed (codex then repeats the previous call's report).
+        """
+        first, total = self._first_usage, self.thread_total
+        if first is None or total is None:
+            return TokenCounts()
+        before = self.usage_baseline
+        if before is None:
+            before = _minus(first.total, first.last)
+        return _minus(total, before)
 
     def _track_command(self, event: ItemStarted | ItemCompleted) -> None:
         item_id = str(event.item.get("id"))
@@ -225,23 +310,32 @@ class Turn:
 
     def _push(self, event: TurnEvent) -> None:
         queue = self._queue
+        size = _event_bytes(event)
+        if self._queued_bytes + size > self.max_buffered_bytes and queue:
+            self._too_slow(f"more than {self.max_buffered_bytes} bytes waited for it")
+            return
         if len(queue) >= self.coalesce_after and isinstance(
             event, AgentMessageDelta | ReasoningDelta
         ):
             tail = queue[-1]
             if isinstance(tail, _DeltaRun) and tail.accepts(event):
-                tail.parts.append(event.delta)
+                tail.append(event.delta)
+                self._queued_bytes += size
                 return
             queue.append(_DeltaRun(event))
         elif len(queue) >= self.buffer_size:
-            self.fail(
-                FailureKind.CONSUMER_TOO_SLOW,
-                "the client read the stream too slowly; the turn was stopped",
-            )
+            self._too_slow(f"more than {self.buffer_size} events waited for it")
             return
         else:
             queue.append(event)
+        self._queued_bytes += size
         self._wakeup.set()
+
+    def _too_slow(self, detail: str) -> None:
+        self.fail(
+            FailureKind.CONSUMER_TOO_SLOW,
+            f"the client read the stream too slowly ({detail}); the turn was stopped",
+        )
 
     def fail(self, kind: FailureKind, message: str) -> None:
         """End the turn from the bridge's side (idempotent)."""
@@ -273,9 +367,18 @@ class Turn:
         """Queued events not yet taken by the consumer."""
         return len(self._queue)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """What the queued events are accounted for (see ``max_buffered_bytes``)."""
+        return self._queued_bytes
+
     def _pop(self) -> TurnEvent:
         item = self._queue.popleft()
-        return item.event() if isinstance(item, _DeltaRun) else item
+        if isinstance(item, _DeltaRun):
+            self._queued_bytes -= item.size
+            return item.event()
+        self._queued_bytes -= _event_bytes(item)
+        return item
 
     def next_events_nowait(self, limit: int) -> list[TurnEvent]:
         """Up to ``limit`` already-queued events, without waiting.
@@ -298,10 +401,8 @@ class Turn:
             return None
         while not self._queue and self.terminal is None:
             self._wakeup = trio.Event()
-            now = trio.current_time()
-            with trio.move_on_at(
-                min(now + self.idle_timeout_s, self.deadline, self._retry_deadline())
-            ):
+            idle_deadline = self._last_activity + self.idle_timeout_s
+            with trio.move_on_at(min(idle_deadline, self.deadline, self._retry_deadline())):
                 await self._wakeup.wait()
                 continue
             now = trio.current_time()
@@ -309,7 +410,7 @@ class Turn:
                 self.fail(FailureKind.TURN_TIMEOUT, "the turn took longer than allowed")
             elif now >= self._retry_deadline():
                 self._fail_retrying()
-            else:
+            elif now >= self._last_activity + self.idle_timeout_s:
                 self.fail(
                     FailureKind.IDLE_TIMEOUT,
                     f"codex sent nothing for {self.idle_timeout_s:g}s; the turn was stopped",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -160,3 +161,49 @@ def chat_body(text: str, *, stream: bool = True, **extra: Any) -> Mapping[str, A
         "messages": [{"role": "user", "content": text}],
         **extra,
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+FAKE = str(Path(__file__).with_name("fake_app_server.py"))
+
+
+async def start_serve(
+    tmp_path: Path, mode: str = "ok", deltas: int = 40, **env: str
+) -> tuple[trio.Process, str]:
+    """The real ``codex-bridge serve`` process on fake children (tests/fake_app_server.py
+    ``mode``), settings from ``env``; returns once it is ready."""
+    port = free_port()
+    script = tmp_path / "fake-codex"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -u {FAKE} {mode} {deltas}\n")
+    script.chmod(0o755)
+    full_env = {
+        **os.environ,
+        "CODEX_BRIDGE_PORT": str(port),
+        "CODEX_BRIDGE_POOL_SIZE": "2",
+        "CODEX_BRIDGE_CODEX_BIN": str(script),
+        "CODEX_BRIDGE_CODEX_HOME": str(tmp_path / "home"),
+        "CODEX_BRIDGE_WORKSPACE_DIR": str(tmp_path / "ws"),
+        "CODEX_BRIDGE_STATE_URL": f"sqlite:///{tmp_path / 'state.sqlite3'}",
+        "CODEX_BRIDGE_LOG_LEVEL": "warning",
+        "FAKE_DELAY_S": "0.1",
+        **env,
+    }
+    serve = [str(Path(sys.executable).parent / "codex-bridge"), "serve"]
+    process = await trio.lowlevel.open_process(serve, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url) as client:
+        while True:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return process, url
+            except httpx.TransportError:
+                pass
+            if process.returncode is not None:
+                raise RuntimeError(f"codex-bridge serve exited with {process.returncode}")
+            await trio.sleep(0.05)

@@ -329,7 +329,7 @@ async def test_real_child_killed_mid_turn(
     (error,) = [e for e in events if isinstance(e, dict) and "error" in e]
     assert error["error"]["code"] == "codex_exited"
     assert "SIGKILL" in error["error"]["message"]
-    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-3]["choices"][0]["finish_reason"] == "error"
     assert events[-2]["choices"] == []
     assert events[-1] == "[DONE]"
     assert again.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -28,11 +29,13 @@ from tests.helpers import (
     LineLog,
     chat_body,
     content_of,
+    free_port,
     make_settings,
     running_service,
     sse_events,
+    start_serve,
 )
-from tests.test_supervisor import FAKE, collect, fake
+from tests.test_supervisor import collect, fake
 
 # -- crash-loop breaker and backoff, on virtual time ------------------------------------
 
@@ -49,6 +52,9 @@ async def test_backoff_then_breaker_then_half_open(
         crash_loop_exits=4,
         crash_loop_window_s=60,
         breaker_cooldown_s=100,
+        # No periodic timer: spawning runs in a real thread, and the autojump
+        # clock would race a periodic timer's virtual time ahead meanwhile.
+        liveness_interval_s=math.inf,
     )
     pool = Pool(1, launch, policy=policy)
     attempts: list[float] = []
@@ -429,45 +435,9 @@ async def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
 # -- the real process: signals ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _start_serve(tmp_path: Path, **env: str) -> tuple[trio.Process, str]:
-    port = _free_port()
-    script = tmp_path / "fake-codex"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -u {FAKE} ok 40\n")
-    script.chmod(0o755)
-    full_env = {
-        **os.environ,
-        "CODEX_BRIDGE_PORT": str(port),
-        "CODEX_BRIDGE_POOL_SIZE": "2",
-        "CODEX_BRIDGE_CODEX_BIN": str(script),
-        "CODEX_BRIDGE_CODEX_HOME": str(tmp_path / "home"),
-        "CODEX_BRIDGE_WORKSPACE_DIR": str(tmp_path / "ws"),
-        "CODEX_BRIDGE_LOG_LEVEL": "warning",
-        "FAKE_DELAY_S": "0.1",
-        **env,
-    }
-    serve = [str(Path(sys.executable).parent / "codex-bridge"), "serve"]
-    process = await trio.lowlevel.open_process(serve, env=full_env)
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url) as client:
-        while True:
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return process, url
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.05)
-
-
 async def test_sigterm_finishes_short_turns_and_stops_long_ones(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        process, url = await _start_serve(tmp_path, CODEX_BRIDGE_SHUTDOWN_GRACE_S="1")
+        process, url = await start_serve(tmp_path, CODEX_BRIDGE_SHUTDOWN_GRACE_S="1")
         results: dict[str, Any] = {}
         try:
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -503,7 +473,7 @@ async def test_sigterm_finishes_short_turns_and_stops_long_ones(tmp_path: Path) 
     events = results["long"]
     (error,) = [e for e in events if isinstance(e, dict) and "error" in e]
     assert error["error"]["code"] == "service_shutting_down"
-    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-3]["choices"][0]["finish_reason"] == "error"
     assert "usage" in events[-2]
     assert events[-1] == "[DONE]"
     assert 0 < len(content_of(events).split()) < 40
@@ -511,7 +481,7 @@ async def test_sigterm_finishes_short_turns_and_stops_long_ones(tmp_path: Path) 
 
 async def test_sighup_rolls_the_pool(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        process, url = await _start_serve(tmp_path)
+        process, url = await start_serve(tmp_path)
         try:
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 before = {c["pid"] for c in (await client.get("/admin/pool")).json()["children"]}
@@ -565,7 +535,7 @@ async def test_sighup_rolls_the_pool(tmp_path: Path) -> None:
 def test_pool_cli_reports_an_unreachable_service() -> None:
     cli = subprocess.run(
         [str(Path(sys.executable).parent / "codex-bridge"), "pool", "status", "--json"],
-        env={**os.environ, "CODEX_BRIDGE_URL": f"http://127.0.0.1:{_free_port()}"},
+        env={**os.environ, "CODEX_BRIDGE_URL": f"http://127.0.0.1:{free_port()}"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -605,5 +575,5 @@ async def test_retry_that_finds_no_child_ends_the_stream_cleanly(tmp_path: Path)
     assert response.status_code == 200
     errors = [e["error"] for e in events if isinstance(e, dict) and "error" in e]
     assert [e["code"] for e in errors] == ["no_codex_available"]
-    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["choices"][0]["finish_reason"] == "error"
     assert events[-1] == "[DONE]"

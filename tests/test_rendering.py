@@ -205,7 +205,7 @@ async def test_upstream_errors_map_to_openai_errors(
     events = await stream(tmp_path / "s", name)
     (error,) = errors(events)
     assert (error["code"], error["type"]) == (code, type_)
-    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-3]["choices"][0]["finish_reason"] == "error"
     assert "usage" in events[-2]
     assert events[-1] == "[DONE]"
     response = await complete(tmp_path / "n", name)

@@ -49,8 +49,9 @@ async def test_handshake_and_typed_results() -> None:
             await nursery.start(pool.run)
             (child,) = pool.children
             assert child.auth_problem is None  # the scripted provider has its own key
-            models = await child.client.model_list()
+            models = child.models  # listed during the handshake
             nursery.cancel_scope.cancel()
+    assert models is not None
     assert models[0].model == "scripted-model"
     assert {e.reasoning_effort for e in models[0].supported_reasoning_efforts} >= {"low", "high"}
 

@@ -196,7 +196,7 @@ async def test_model_failure_streams_an_error_then_done(
     assert len(errors) == 1
     assert errors[0]["error"]["message"] == final_error["error"]["message"]
     assert errors[0]["error"]["code"] == code
-    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-3]["choices"][0]["finish_reason"] == "error"
     assert events[-2]["usage"]["total_tokens"] == 0
     assert events[-1] == "[DONE]"
     # retry progress ("Reconnecting... 1/1") is not shown as an error

@@ -13,7 +13,14 @@ import trio
 import trio.testing
 
 from bridge.messages import Notification
-from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnErrorEvent, TurnEvent, TurnStatus
+from bridge.protocol import (
+    AgentMessageDelta,
+    TokenCounts,
+    TurnCompleted,
+    TurnErrorEvent,
+    TurnEvent,
+    TurnStatus,
+)
 from supervisor.child import Child, ChildLaunch, ChildStartError, ChildState
 from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
 from supervisor.pool import Pool
@@ -299,6 +306,52 @@ async def test_silent_turn_fails_at_the_idle_deadline(
     assert await turn.next_event() is None
 
 
+async def test_idle_deadline_holds_for_a_consumer_that_keeps_coming_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The SSE pump waits in short slices (keepalives); the idle timer must not restart."""
+    turn = make_turn(buffer_size=8, idle_timeout_s=42)
+    turn.turn_id = "u1"
+    turn.on_notification(_delta("t", "a"))
+    start = trio.current_time()
+    events: list[TurnEvent] = []
+    keepalives = 0
+    with trio.fail_after(100):  # virtual time
+        while True:
+            with trio.move_on_after(5) as silence:
+                event = await turn.next_event()
+            if silence.cancelled_caught:
+                keepalives += 1
+                continue
+            if event is None:
+                break
+            events.append(event)
+    assert trio.current_time() - start == pytest.approx(42)
+    assert keepalives == 8  # at 5, 10, ..., 40
+    assert turn.failure_kind is FailureKind.IDLE_TIMEOUT
+    assert isinstance(events[-1], TurnCompleted)
+
+
+async def test_idle_deadline_counts_from_codex_last_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turn = make_turn(buffer_size=8, idle_timeout_s=10)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def feed() -> None:
+            for _ in range(3):
+                await trio.sleep(7)
+                turn.on_notification(_delta("t", "x", turn=""))
+
+        nursery.start_soon(feed)
+        events = await collect(turn)
+    # events at 7, 14, 21; silence from 21 on: the turn fails at 31
+    assert trio.current_time() - start == pytest.approx(31)
+    assert turn.failure_kind is FailureKind.IDLE_TIMEOUT
+    assert len(events) == 4
+
+
 async def test_turn_deadline(autojump_clock: trio.testing.MockClock) -> None:
     turn = make_turn(buffer_size=8, idle_timeout_s=10, turn_timeout_s=25)
     events = []
@@ -338,6 +391,42 @@ async def test_lagging_consumer_gets_bursts_merged_not_lost() -> None:
     assert turn.failure_kind is None
 
 
+async def test_backlog_of_a_client_that_stops_reading_is_capped_in_bytes() -> None:
+    """Merged deltas are one queue entry; the byte cap still ends a flood."""
+    turn = make_turn(buffer_size=16, max_buffered_bytes=64 * 1024)
+    turn.turn_id = "u1"
+    delta = "x" * 100
+    for _ in range(5000):  # 500 kB of text while nobody reads
+        turn.on_notification(_delta("t", delta))
+    assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
+    assert turn.buffered_bytes <= 64 * 1024
+    assert turn.pending <= 3
+    events = await collect(turn)
+    text = "".join(e.delta for e in events if isinstance(e, AgentMessageDelta))
+    assert 60 * 1024 <= len(text) <= 64 * 1024  # what was queued is still delivered
+    assert text == delta * (len(text) // 100)
+    assert turn.buffered_bytes == 0
+    final = events[-1]
+    assert isinstance(final, TurnCompleted)
+    assert "too slowly" in (final.error_message or "")
+
+
+async def test_byte_accounting_follows_what_the_consumer_takes() -> None:
+    turn = make_turn(buffer_size=128, max_buffered_bytes=1000)  # no merging here
+    turn.turn_id = "u1"
+    for _ in range(5):
+        turn.on_notification(_delta("t", "y" * 150))  # 750 bytes queued
+    assert turn.buffered_bytes == 750
+    for _ in range(3):
+        await turn.next_event()
+    assert turn.buffered_bytes == 300
+    for _ in range(4):
+        turn.on_notification(_delta("t", "z" * 150))  # 900 bytes: still fits
+    assert turn.failure_kind is None
+    turn.on_notification(_delta("t", "z" * 150))  # 1050 > 1000
+    assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
+
+
 async def test_deltas_of_different_items_are_not_merged() -> None:
     turn = make_turn(buffer_size=8)
     for i in range(6):
@@ -369,6 +458,51 @@ async def test_too_many_unmergeable_events_fail_the_turn() -> None:
     events = await collect(turn)
     assert len(events) == 5  # the four queued, then the terminal event
     assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
+
+
+def _usage(total: int, last: int, turn: str = "u1") -> Notification:
+    return Notification(
+        "thread/tokenUsage/updated",
+        {
+            "threadId": "t",
+            "turnId": turn,
+            "tokenUsage": {
+                "total": {"totalTokens": total, "inputTokens": total},
+                "last": {"totalTokens": last, "inputTokens": last},
+            },
+        },
+    )
+
+
+async def test_turn_usage_is_the_thread_total_minus_the_total_before_it() -> None:
+    turn = make_turn(buffer_size=8, usage_baseline=TokenCounts(total_tokens=100, input_tokens=100))
+    turn.on_notification(_usage(130, 30))
+    turn.on_notification(_usage(175, 45))
+    assert turn.usage.total_tokens == 75
+    assert turn.thread_total == TokenCounts(total_tokens=175, input_tokens=175)
+
+
+async def test_a_repeated_report_of_a_turn_cut_before_any_call_counts_nothing() -> None:
+    """Interrupted during its first model call, codex repeats the previous report."""
+    turn = make_turn(buffer_size=8, usage_baseline=TokenCounts(total_tokens=100, input_tokens=100))
+    turn.fail(FailureKind.SHUTDOWN, "stop")
+    turn.on_notification(_usage(100, 40))  # after the bridge ended it: still counted
+    assert turn.usage.total_tokens == 0
+
+
+async def test_usage_reported_after_the_turn_was_ended_is_counted() -> None:
+    turn = make_turn(buffer_size=8, usage_baseline=TokenCounts())
+    turn.fail(FailureKind.SHUTDOWN, "stop")
+    turn.on_notification(_usage(40, 40))  # the call codex finished before the cut
+    assert turn.usage.total_tokens == 40
+
+
+async def test_without_a_baseline_the_first_report_tells_what_came_before() -> None:
+    turn = make_turn(buffer_size=8)  # e.g. a thread resumed after a restart
+    turn.on_notification(_usage(130, 30))
+    turn.on_notification(_usage(175, 45))
+    assert turn.usage.total_tokens == 75
+    assert make_turn(buffer_size=8).usage == TokenCounts()
 
 
 async def test_completion_of_another_turn_is_ignored() -> None:
@@ -403,7 +537,7 @@ async def test_http_stream_of_a_crashed_child_ends_with_error_and_done(tmp_path:
     assert content_of(events) == "d0 d1 "
     (error,) = [e for e in events if isinstance(e, dict) and "error" in e]
     assert error["error"]["code"] == "codex_exited"
-    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-3]["choices"][0]["finish_reason"] == "error"
     assert events[-2]["choices"] == []
     assert "usage" in events[-2]
     assert events[-1] == "[DONE]"

@@ -29,8 +29,12 @@ def header(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
 def conversation_key(
     headers: Sequence[tuple[bytes, bytes]], body: dict[str, Any], header_names: Sequence[str]
 ) -> str | None:
-    """The conversation id: a configured header, else ``metadata.conversation_id``
-    or ``user`` in the body."""
+    """The conversation id: a configured header, else ``metadata.conversation_id``.
+
+    Never the body's ``user``: in OpenAI's API that names the end user, who may
+    have any number of chats at once; taking it as a conversation would run
+    them one after another on one thread, each replacing the others' history.
+    """
     for name in header_names:
         value = header(headers, name)
         if value:
@@ -38,8 +42,7 @@ def conversation_key(
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("conversation_id"), str):
         return str(metadata["conversation_id"]) or None
-    user = body.get("user")
-    return user if isinstance(user, str) and user else None
+    return None
 
 
 def is_background_task(

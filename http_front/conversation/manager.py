@@ -75,12 +75,14 @@ class Conversations:
         workspace_root: str,
         header_names: Sequence[str] = ("x-openwebui-chat-id", "x-conversation-id"),
         busy_policy: str = "wait",
+        wait_timeout_s: float = 30.0,
         task_model: str | None = None,
     ) -> None:
         self.store = store
         self.workspace_root = Path(workspace_root)
         self.header_names = tuple(header_names)
         self.busy_policy = busy_policy
+        self.wait_timeout_s = wait_timeout_s
         self.task_model = task_model
         self._turns = KeyedLocks()
 
@@ -97,7 +99,12 @@ class Conversations:
 
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, key: str | None) -> AsyncIterator[None]:
-        """Serialize a conversation's turns (a second turn/start would steer the first)."""
+        """Serialize a conversation's turns (a second turn/start would steer the first).
+
+        A request that finds its conversation busy waits, like any queued
+        request, at most ``wait_timeout_s`` (then 429 with Retry-After), or
+        is refused at once (409) under ``busy_policy = "reject"``.
+        """
         if key is None:
             yield
             return
@@ -108,7 +115,16 @@ class Conversations:
                 type="invalid_request_error",
                 code="conversation_busy",
             )
-        async with self._turns.hold(key):
+        async with self._turns.hold(key, timeout_s=self.wait_timeout_s) as held:
+            if not held:
+                raise ApiError(
+                    429,
+                    f"this conversation's previous turn is still running after "
+                    f"{self.wait_timeout_s:g}s; retry when it has finished",
+                    type="rate_limit_error",
+                    code="conversation_busy",
+                    retry_after_s=max(1.0, self.wait_timeout_s / 10),
+                )
             yield
 
     async def plan(self, kind: RequestKind, key: str | None, chat: ChatRequest) -> Plan:
