@@ -38,7 +38,7 @@ from bridge.protocol import AgentMessageDelta
 from fixtures.codex_home import write_codex_home
 from fixtures.scripted_model import run_scripted_model
 from supervisor.child import ChildLaunch
-from supervisor.codex_binary import PROJECT_ROOT, find_codex_binary
+from supervisor.codex_binary import APP_SERVER_ARGS, PROJECT_ROOT, find_codex_binary
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool
 from supervisor.turn import TurnRequest
@@ -297,7 +297,7 @@ async def cold_latency(codex_bin: Path, base_url: str, *, runs: int) -> dict[str
         home = Path(tmp) / "home"
         env = {**os.environ, **write_codex_home(home, base_url), "CODEX_HOME": str(home)}
         launch = ChildLaunch(
-            argv=(str(codex_bin), "app-server"), env=env, cwd=tmp, codex_home=str(home)
+            argv=(str(codex_bin), *APP_SERVER_ARGS), env=env, cwd=tmp, codex_home=str(home)
         )
         for _ in range(runs):
             start = time.perf_counter()

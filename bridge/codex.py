@@ -200,6 +200,19 @@ class CodexClient:
     ) -> None:
         await self.peer.request("thread/inject_items", to_wire(params), timeout_s=timeout_s)
 
+    async def thread_unsubscribe(self, thread_id: str, *, timeout_s: float = math.inf) -> str:
+        """Stop listening to a thread; codex unloads it once nobody listens
+        (at once with ``thread_unload_delay_secs = 0``, then ``thread/closed``).
+
+        Returns codex's status: ``unsubscribed``, or ``notLoaded`` for a
+        thread that is not loaded (nothing to wait for).
+        """
+        result = await self.peer.request(
+            "thread/unsubscribe", {"threadId": thread_id}, timeout_s=timeout_s
+        )
+        status = result.get("status") if isinstance(result, dict) else None
+        return status if isinstance(status, str) else "unsubscribed"
+
     async def turn_start(
         self, params: TurnStartParams, *, timeout_s: float = math.inf
     ) -> TurnStartResult:

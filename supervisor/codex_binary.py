@@ -24,6 +24,12 @@ _PLATFORMS: dict[tuple[str, str], tuple[str, str]] = {
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: How the pool runs the binary. ``thread_unload_delay_secs = 0``: a thread
+#: nobody is subscribed to is unloaded at once (codex's default is 60 s), so
+#: ``thread/unsubscribe`` frees its memory and lets another child resume it.
+APP_SERVER_ARGS = ("app-server", "-c", "thread_unload_delay_secs=0")
+
+
 class CodexBinaryNotFound(Exception):
     pass
 

@@ -111,8 +111,14 @@ class Settings:
     #: Replace a child after this many turns (0: never) ...
     recycle_after_turns: int = attrs.field(default=0, validator=_non_negative)
     #: ... or when its RSS exceeds this many MiB (0: never), checked every
-    #: monitor_interval_s.
-    recycle_rss_mib: float = attrs.field(default=0.0, validator=_non_negative)
+    #: monitor_interval_s. Released threads give their memory back, but a
+    #: child still creeps (~3 KiB a turn) and keeps what bursts took.
+    recycle_rss_mib: float = attrs.field(default=512.0, validator=_non_negative)
+    #: A conversation's thread left idle this long is unloaded from its child
+    #: (its next turn resumes it, on any child) ...
+    thread_idle_release_s: float = attrs.field(default=600.0, validator=_positive)
+    #: ... and so are the least recently used beyond this many on one child.
+    max_threads_per_child: int = attrs.field(default=128, validator=_positive)
     monitor_interval_s: float = attrs.field(default=10.0, validator=_positive)
     #: Every liveness_interval_s each child must answer a cheap request within
     #: liveness_timeout_s, or it is killed and replaced (a hung child).

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import trio
 
+from bridge.messages import Notification
 from bridge.peer import PeerClosed, RpcCallError
 from bridge.protocol import (
     InjectItemsParams,
@@ -141,6 +142,8 @@ class TurnMultiplexer:
         overload_backoff_s: float = 0.2,
         workspace_dir: str | None = None,
         default_model: str | None = None,
+        thread_idle_release_s: float = 600.0,
+        max_threads_per_child: int = 128,
     ) -> None:
         self.pool = pool
         self.max_turns_per_child = max_turns_per_child
@@ -157,8 +160,13 @@ class TurnMultiplexer:
         self.overload_backoff_s = overload_backoff_s
         self.workspace_dir = workspace_dir
         self.default_model = default_model
+        self.thread_idle_release_s = thread_idle_release_s
+        self.max_threads_per_child = max_threads_per_child
         self._waiters: collections.deque[object] = collections.deque()
         self._owners: dict[str, Child] = {}
+        #: When each owned thread last ended a turn (for releasing idle ones).
+        self._last_used: dict[str, float] = {}
+        self._sweep_soon = trio.Event()
         #: An owned thread's token total after its last turn: the next turn's
         #: baseline (codex reports running totals of the whole thread).
         self._thread_totals: dict[str, TokenCounts] = {}
@@ -238,9 +246,18 @@ class TurnMultiplexer:
         if thread_id is None:
             return await self._acquire(), False
         owner = self._owners.get(thread_id)
+        if (
+            owner is not None
+            and not owner.usable
+            and owner.state is not ChildState.STOPPED
+            and await self._release_held(thread_id)
+        ):
+            # Its owner is draining (or being replaced): let go of the thread
+            # there, and resume it on a child that takes turns.
+            owner = None
         if owner is not None and owner.stopping:
-            # Its owner is being replaced; codex frees the thread only when
-            # the process exits.
+            # Its owner could not let go of it (it is dying, or hung); codex
+            # frees the thread when the process exits.
             with trio.move_on_after(self.queue_timeout_s):
                 while not is_stopped(owner):
                     await self.pool.wait_changed()
@@ -255,7 +272,99 @@ class TurnMultiplexer:
         owner = self._owners.pop(thread_id, None)
         if owner is not None:
             owner.threads.discard(thread_id)
+            self.pool.notify_load_changed()  # what a child holds is part of its state
         self._thread_totals.pop(thread_id, None)
+        self._last_used.pop(thread_id, None)
+
+    # -- releasing threads -----------------------------------------------------------
+    #
+    # A loaded thread costs its child about 1 MiB, for as long as it is
+    # loaded. Children are started with ``thread_unload_delay_secs = 0``, so
+    # ``thread/unsubscribe`` unloads a thread at once (``thread/closed``), and
+    # frees codex's lock on it: any child can then resume it.
+
+    async def _unsubscribe(self, child: Child, thread_id: str, *, wait_closed: bool) -> bool:
+        """Release ``thread_id`` on ``child``; True once codex let go of it.
+
+        With ``wait_closed`` (a thread that will be resumed, maybe elsewhere)
+        this waits for ``thread/closed``: a resume before it is refused.
+        """
+        if child.state in (ChildState.STOPPING, ChildState.STOPPED):
+            return False
+        peer = child.client.peer
+        closed = trio.Event()
+
+        def on_notification(notification: Notification) -> None:
+            if notification.method == "thread/closed":
+                closed.set()
+
+        timeout = min(self.rpc_timeout_s, self.pool.policy.liveness_timeout_s)
+        if wait_closed:
+            peer.add_route(thread_id, on_notification)
+        try:
+            with trio.move_on_after(timeout) as deadline:
+                status = await child.client.thread_unsubscribe(thread_id)
+                if wait_closed and status == "unsubscribed":
+                    await closed.wait()
+            if deadline.cancelled_caught:
+                log.warning("%s: thread %s was not released in time", child.name, thread_id)
+                return False
+        except (PeerClosed, RpcCallError) as exc:
+            log.info("%s: cannot release thread %s: %s", child.name, thread_id, exc)
+            return False
+        finally:
+            if wait_closed:
+                peer.remove_route(thread_id, on_notification)
+        return True
+
+    async def release_thread(self, thread_id: str) -> bool:
+        """Unload an owned thread that has no turn running; its next turn
+        resumes it on whichever child has room. False if it could not be
+        released now (a turn holds it, or its child does not answer)."""
+        if self._threads.locked(thread_id):
+            return False
+        async with self._threads.hold(thread_id):
+            return await self._release_held(thread_id)
+
+    async def _release_held(self, thread_id: str) -> bool:
+        owner = self._owners.get(thread_id)
+        if owner is None:
+            return True
+        if await self._unsubscribe(owner, thread_id, wait_closed=True):
+            self._disown(thread_id)
+            return True
+        return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Release threads nobody needs loaded: idle for ``thread_idle_release_s``,
+        beyond ``max_threads_per_child`` on a child (least recently used
+        first), or owned by a child that is gone. Runs until cancelled."""
+        task_status.started()
+        interval = min(60.0, self.thread_idle_release_s / 4)
+        while True:
+            with trio.move_on_after(interval):
+                await self._sweep_soon.wait()
+            self._sweep_soon = trio.Event()
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        now = trio.current_time()
+        doomed: list[str] = []
+        per_child: dict[Child, list[str]] = {}
+        for thread_id, owner in list(self._owners.items()):
+            if owner.state is ChildState.STOPPED:
+                self._disown(thread_id)  # gone with its child; resumed elsewhere when used
+            elif now - self._last_used.get(thread_id, now) >= self.thread_idle_release_s:
+                doomed.append(thread_id)
+            else:
+                per_child.setdefault(owner, []).append(thread_id)
+        for threads in per_child.values():
+            extra = len(threads) - self.max_threads_per_child
+            if extra > 0:
+                threads.sort(key=lambda t: self._last_used.get(t, now))
+                doomed.extend(threads[:extra])
+        for thread_id in doomed:
+            await self.release_thread(thread_id)
 
     @asynccontextmanager
     async def _thread_gate(self, thread_id: str | None) -> AsyncIterator[None]:
@@ -335,8 +444,15 @@ class TurnMultiplexer:
                     await self._finish(child, turn)
                     child.turns.discard(turn)
                     child.client.peer.remove_route(turn.thread_id, turn.on_notification)
-                    if turn.thread_total is not None and turn.thread_id in self._owners:
-                        self._thread_totals[turn.thread_id] = turn.thread_total
+                    if turn.thread_id in self._owners:
+                        self._last_used[turn.thread_id] = trio.current_time()
+                        if turn.thread_total is not None:
+                            self._thread_totals[turn.thread_id] = turn.thread_total
+                        if len(child.threads) > self.max_threads_per_child:
+                            self._sweep_soon.set()
+                    elif turn.wait_codex_finished_nowait():
+                        # A one-off thread: nothing will use it again.
+                        await self._unsubscribe(child, turn.thread_id, wait_closed=False)
                     child.turns_served += 1
                     self._release(child)
                     self.pool.turn_finished(child)

@@ -30,7 +30,7 @@ from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
 
 from .child import ChildLaunch
-from .codex_binary import find_codex_binary
+from .codex_binary import APP_SERVER_ARGS, find_codex_binary
 from .config import ConfigError, Settings
 from .multiplexer import TurnMultiplexer
 from .pool import Pool, PoolPolicy
@@ -66,7 +66,7 @@ def child_launch(settings: Settings, *, environ: Mapping[str, str] | None = None
     codex_home = str(settings.codex_home_path)
     env["CODEX_HOME"] = codex_home
     return ChildLaunch(
-        argv=(str(binary), "app-server"),
+        argv=(str(binary), *APP_SERVER_ARGS),
         env=env,
         cwd=settings.workspace_dir,
         client_name=settings.client_name,
@@ -138,6 +138,8 @@ async def run_service(
         overload_retries=settings.overload_retries,
         workspace_dir=settings.workspace_dir,
         default_model=settings.default_model,
+        thread_idle_release_s=settings.thread_idle_release_s,
+        max_threads_per_child=settings.max_threads_per_child,
     )
     try:
         store = open_store(
@@ -181,6 +183,7 @@ async def run_service(
         if reaping:
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(pool.run)
+        await nursery.start(multiplexer.run)
         log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
         sockets = listening_sockets(config, settings.client_stall_timeout_s)
         async with _closing(sockets), trio.open_nursery() as server:

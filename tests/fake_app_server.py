@@ -102,6 +102,7 @@ class FakeTurn:
 
 def main() -> None:
     turns: dict[str, FakeTurn] = {}
+    loaded: set[str] = set()  # threads this process holds
     for line in sys.stdin:
         msg = json.loads(line)
         method, request_id = msg.get("method"), msg.get("id")
@@ -125,16 +126,26 @@ def main() -> None:
                 sys.stderr.write("fatal: crashed right after start-up\n")
                 sys.exit(1)
         elif method == "thread/loaded/list":
-            send({"id": request_id, "result": {"data": list(turns)}})
+            send({"id": request_id, "result": {"data": sorted(loaded)}})
+        elif method == "thread/unsubscribe":
+            thread_id = msg["params"]["threadId"]
+            if thread_id not in loaded:
+                send({"id": request_id, "result": {"status": "notLoaded"}})
+                continue
+            loaded.discard(thread_id)  # unloaded at once, as with thread_unload_delay_secs=0
+            send({"id": request_id, "result": {"status": "unsubscribed"}})
+            notify("thread/closed", threadId=thread_id)
         elif method == "thread/start":
             if MODE == "overloaded" or (MODE == "overloaded-once" and first_time()):
                 error = {"code": -32001, "message": "server overloaded"}
                 send({"id": request_id, "error": error})
                 continue
             thread = {"id": uuid.uuid4().hex}
+            loaded.add(thread["id"])
             send({"id": request_id, "result": {"thread": thread, "model": "fake-model"}})
         elif method == "thread/resume":
             thread = {"id": msg["params"]["threadId"]}
+            loaded.add(thread["id"])
             send({"id": request_id, "result": {"thread": thread, "model": "fake-model"}})
         elif method == "thread/inject_items":
             send({"id": request_id, "result": {}})

@@ -327,3 +327,46 @@ async def test_history_that_cannot_be_rolled_back_gets_a_fresh_seeded_thread(
         ("assistant", "an answer I rewrote"),
         ("user", "[scenario:plain] two"),
     ]
+
+
+async def loaded_threads(svc: RunningService) -> list[list[str]]:
+    """What each child holds loaded, as codex itself lists it."""
+    lists = []
+    for child in svc.handle.pool.children:
+        result = await child.client.peer.request("thread/loaded/list", {})
+        lists.append(sorted(result["data"]))
+    return lists
+
+
+async def test_released_threads_leave_codex_and_come_back_on_the_next_turn(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """One-off threads are unloaded after their turn; a conversation's thread is
+    unloaded when released and resumed, with its history, on its next turn."""
+    with trio.fail_after(TIMEOUT_S):
+        async with real_service(tmp_path, codex_bin, scripted_model, pool_size=2) as svc:
+            for i in range(6):
+                await say(svc, [user(f"[scenario:plain] one-off {i}")], None)
+            after_one_offs = await loaded_threads(svc)
+            history = [user("[scenario:plain] question 1")]
+            a1 = await say(svc, history, "chat-release")
+            history.append(assistant(a1["choices"][0]["message"]["content"]))
+            mux = svc.handle.multiplexer
+            (thread,) = [t for c in svc.handle.pool.children for t in c.threads]
+            while_held = await loaded_threads(svc)
+            assert await mux.release_thread(thread)
+            after_release = await loaded_threads(svc)
+            history.append(user("[scenario:plain] question 2"))
+            await say(svc, history, "chat-release")
+            resumed_by = mux.owner(thread)
+    assert after_one_offs == [[], []]
+    assert sorted(sum(while_held, [])) == [thread]
+    assert after_release == [[], []]
+    assert resumed_by is not None
+    last = scripted_model.model.requests[-1]
+    assert last.headers.get("session-id") == thread
+    assert seen_by_model(last) == [
+        ("user", "[scenario:plain] question 1"),
+        ("assistant", PLAIN_TEXT),
+        ("user", "[scenario:plain] question 2"),
+    ]

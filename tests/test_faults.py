@@ -20,6 +20,7 @@ import httpx
 import orjson
 import trio
 
+from bridge.protocol import TurnCompleted
 from supervisor.child import Child, ChildState
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
@@ -386,3 +387,102 @@ async def test_a_client_that_stops_reading_costs_bounded_memory_and_its_turn(
     assert ended_after is not None
     assert ended_after < 8  # ~2 s of stall once the window is shut, then the interrupt
     assert healthy == 200
+
+
+# -- threads nobody needs are released in codex -------------------------------------------
+
+
+async def loaded_threads(child: Child) -> list[str]:
+    result = await child.client.peer.request("thread/loaded/list", {})
+    data: list[str] = result["data"]
+    return data
+
+
+async def test_one_off_threads_are_released_after_their_turn() -> None:
+    pool = Pool(1, fake("ok"), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            for i in range(10):
+                async with mux.open_turn(TurnRequest(f"turn {i}")) as turn:
+                    await collect(turn)
+            left = await loaded_threads(pool.children[0])
+            nursery.cancel_scope.cancel()
+    assert left == []
+
+
+async def test_a_drained_childs_idle_thread_moves_to_another_child() -> None:
+    """Draining a child no longer holds its conversations' next turns hostage."""
+    pool = Pool(2, fake("ok"), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool, queue_timeout_s=5)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("first", ephemeral=False)) as turn:
+                await collect(turn)
+            thread = turn.thread_id
+            owner = mux.owner(thread)
+            assert owner is not None
+            pool.drain(owner)
+            start = trio.current_time()
+            async with mux.open_turn(TurnRequest("second", thread_id=thread)) as again:
+                events = await collect(again)
+            took = trio.current_time() - start
+            new_owner = mux.owner(thread)
+            on_old = await loaded_threads(owner)
+            nursery.cancel_scope.cancel()
+    assert again.thread_id == thread
+    assert isinstance(events[-1], TurnCompleted)
+    assert new_owner is not None
+    assert new_owner is not owner
+    assert on_old == []
+    assert took < 1  # not the queue timeout spent waiting for the draining child
+
+
+async def test_idle_and_surplus_conversation_threads_are_released() -> None:
+    pool = Pool(1, fake("ok"), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool, thread_idle_release_s=1.0, max_threads_per_child=2)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await nursery.start(mux.run)
+            child = pool.children[0]
+            threads = []
+            for i in range(4):
+                async with mux.open_turn(TurnRequest(f"chat {i}", ephemeral=False)) as turn:
+                    await collect(turn)
+                threads.append(turn.thread_id)
+            while len(child.threads) > 2:  # the sweep runs when a child holds too many
+                await pool.wait_changed()
+            kept = sorted(child.threads)
+            assert kept == sorted(threads[2:])  # the least recently used went first
+            assert await loaded_threads(child) == kept
+            while child.threads:  # then idle ones go too
+                await pool.wait_changed()
+            assert await loaded_threads(child) == []
+            # a released thread's next turn resumes it
+            async with mux.open_turn(TurnRequest("again", thread_id=threads[0])) as turn:
+                events = await collect(turn)
+            nursery.cancel_scope.cancel()
+    assert isinstance(events[-1], TurnCompleted)
+    assert turn.thread_id == threads[0]
+
+
+async def test_threads_of_a_dead_child_are_forgotten_by_the_sweep() -> None:
+    pool = Pool(1, fake("ok"), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with mux.open_turn(TurnRequest("chat", ephemeral=False)) as turn:
+                await collect(turn)
+            dead = pool.children[0]
+            assert dead.pid is not None
+            os.kill(dead.pid, signal.SIGKILL)
+            while pool.slots[0] is dead or not pool.live:
+                await pool.wait_changed()
+            assert mux.owner(turn.thread_id) is dead
+            await mux._sweep()
+            assert mux.owner(turn.thread_id) is None
+            nursery.cancel_scope.cancel()

@@ -21,14 +21,16 @@ from bridge.protocol import (
 )
 from fixtures.transcript import load, transcript_path
 from supervisor.multiplexer import TurnMultiplexer
-from supervisor.pool import Pool
+from supervisor.pool import Pool, PoolPolicy
 from supervisor.turn import TurnRequest
 from tests.helpers import replay_launch
 
 
-async def run_recorded_turn(name: str, *, effort: str | None = None) -> list[TurnEvent]:
+async def run_recorded_turn(
+    name: str, *, effort: str | None = None, policy: PoolPolicy | None = None
+) -> list[TurnEvent]:
     prompt = load(transcript_path(name)).header["prompt"]
-    pool = Pool(1, replay_launch(name))
+    pool = Pool(1, replay_launch(name), policy=policy)
     mux = TurnMultiplexer(pool)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -40,6 +42,15 @@ async def run_recorded_turn(name: str, *, effort: str | None = None) -> list[Tur
                 events = [event async for event in turn]
             nursery.cancel_scope.cancel()
     return events
+
+
+async def test_liveness_checks_do_not_disturb_a_replay() -> None:
+    """The pool's checks come on a timer, in the middle of recorded exchanges."""
+    policy = PoolPolicy(liveness_interval_s=0.001, liveness_timeout_s=5)
+    events = await run_recorded_turn("exec", policy=policy)
+    final = events[-1]
+    assert isinstance(final, TurnCompleted)
+    assert final.status is TurnStatus.COMPLETED
 
 
 async def test_handshake_and_typed_results() -> None:
