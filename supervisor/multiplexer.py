@@ -610,6 +610,9 @@ class TurnMultiplexer:
         except BaseException:
             child.turns.discard(turn)
             peer.remove_route(thread_id, turn.on_notification)
+            if thread_id not in self._owners:  # a one-off thread no turn will use
+                with trio.CancelScope(shield=True):
+                    await self._unsubscribe(child, thread_id, wait_closed=False)
             raise
         turn.turn_id = result.turn.id
         return turn

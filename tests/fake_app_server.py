@@ -4,6 +4,7 @@
 
 MODE: ok | exit-during-init | hang-init | crash-mid-turn | garbage | hang-turn | deaf
       | overloaded | overloaded-once | crash-once | exit-when-ready | usage-on-interrupt
+      | input-too-large
 Speaks just enough of the protocol for the pool and the multiplexer. Like
 codex, it reads requests while turns run (each turn streams from a thread of
 its own), so ``turn/interrupt`` stops a turn mid-stream.
@@ -150,6 +151,14 @@ def main() -> None:
         elif method == "thread/inject_items":
             send({"id": request_id, "result": {}})
         elif method == "turn/start":
+            if MODE == "input-too-large":
+                error = {
+                    "code": -32602,
+                    "message": "Input exceeds the maximum length of 1048576 characters.",
+                    "data": {"input_error_code": "input_too_large", "max_chars": 1048576},
+                }
+                send({"id": request_id, "error": error})
+                continue
             turn = FakeTurn(msg["params"]["threadId"])
             turns[turn.thread_id] = turn
             send({"id": request_id, "result": {"turn": {"id": turn.id, "status": "inProgress"}}})

@@ -360,7 +360,7 @@ async def test_released_threads_leave_codex_and_come_back_on_the_next_turn(
             await say(svc, history, "chat-release")
             resumed_by = mux.owner(thread)
     assert after_one_offs == [[], []]
-    assert sorted(sum(while_held, [])) == [thread]
+    assert sorted(t for held in while_held for t in held) == [thread]
     assert after_release == [[], []]
     assert resumed_by is not None
     last = scripted_model.model.requests[-1]

@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 
 from bridge.protocol import TurnCompleted
 from supervisor.child import Child, ChildState
-from supervisor.multiplexer import TurnMultiplexer
+from supervisor.multiplexer import InputTooLarge, TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
 from supervisor.turn import Turn, TurnRequest
 from tests.helpers import (
@@ -407,6 +408,21 @@ async def test_one_off_threads_are_released_after_their_turn() -> None:
             for i in range(10):
                 async with mux.open_turn(TurnRequest(f"turn {i}")) as turn:
                     await collect(turn)
+            left = await loaded_threads(pool.children[0])
+            nursery.cancel_scope.cancel()
+    assert left == []
+
+
+async def test_a_thread_whose_turn_codex_refused_is_released() -> None:
+    pool = Pool(1, fake("input-too-large"), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            for _ in range(3):
+                with pytest.raises(InputTooLarge):
+                    async with mux.open_turn(TurnRequest("far too long")):
+                        pass
             left = await loaded_threads(pool.children[0])
             nursery.cancel_scope.cancel()
     assert left == []
