@@ -1,7 +1,12 @@
 """Operator endpoints under ``/admin/``: pool status, restarts, draining.
 
 Guarded by a bearer token when ``admin_token`` is configured; without one,
-only loopback clients are served (the service binds 127.0.0.1 by default).
+only loopback clients are served (the service binds 127.0.0.1 by default),
+and only when they address the service by a loopback name (``Host``
+127.0.0.1, [::1] or localhost): a web page whose name was rebound to
+127.0.0.1 reads nothing here. An API key never opens ``/admin/``. Web pages
+of origins not allowed are refused before this app is reached (see
+:mod:`http_front.access`).
 
     GET  /admin/pool                         status of every child
     POST /admin/pool/rolling-restart         replace every child, one by one (202)
@@ -21,6 +26,7 @@ from typing import Any
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool, UnknownChild
 
+from .access import loopback_host
 from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
 
@@ -61,6 +67,15 @@ class AdminApp:
                 raise ApiError(
                     403,
                     "the admin API answers only local clients unless admin_token is configured",
+                    type="permission_error",
+                    code="admin_forbidden",
+                )
+            hosts = [v for n, v in scope.get("headers", []) if n.lower() == b"host"]
+            if len(hosts) > 1 or not loopback_host(hosts[0] if hosts else None):
+                raise ApiError(
+                    403,
+                    "without admin_token the admin API answers only requests addressed to "
+                    "127.0.0.1, [::1] or localhost",
                     type="permission_error",
                     code="admin_forbidden",
                 )

@@ -19,8 +19,9 @@ from bridge.protocol import TokenCounts
 from supervisor.multiplexer import ThreadUnavailable, TurnMultiplexer, TurnRefused
 from supervisor.turn import FailureKind, Turn, TurnRequest
 
+from .access import SCOPE_KEY, AccessPolicy, ApiKey, is_preflight, key_label, request_key
 from .admin import AdminApp
-from .asgi import Receive, Scope, Send, send_json, serve_lifespan
+from .asgi import Receive, Scope, Send, send_json, serve_lifespan, with_response_headers
 from .chat import ChatRequest, parse_body, parse_chat_request
 from .conversation.identity import RequestKind
 from .conversation.manager import Conversations
@@ -44,7 +45,7 @@ class _ClientGone(Exception):
 
 
 async def _send_error(send: Send, error: ApiError) -> None:
-    headers: list[tuple[bytes, bytes]] = []
+    headers: list[tuple[bytes, bytes]] = list(error.headers)
     if error.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
     if error.close_connection:
@@ -132,8 +133,17 @@ def _require_json(scope: Scope) -> None:
     )
 
 
+#: Routes that need no API key (besides /admin/, which has its own token).
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 class BridgeApp:
-    """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``."""
+    """ASGI callable serving ``/v1/chat/completions``, ``/v1/models``, ``/healthz``.
+
+    Every request first passes ``access`` (see :mod:`http_front.access`): its
+    Origin, then — on every route but ``/healthz``, ``/readyz`` and
+    ``/admin/`` — its API key and the key's turn limit, before its body is read.
+    """
 
     def __init__(
         self,
@@ -144,8 +154,10 @@ class BridgeApp:
         keepalive_interval_s: float = 15.0,
         max_request_body_bytes: int = 8 * 1024 * 1024,
         admin_token: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.mux = multiplexer
+        self.access = access or AccessPolicy()
         self.options = options or FrontOptions()
         self.conversations = conversations or Conversations(
             None, workspace_root=multiplexer.workspace_dir or "."
@@ -167,35 +179,73 @@ class BridgeApp:
         if scope["type"] != "http":
             return
         path = scope["path"].rstrip("/") or "/"
-        handler: Callable[[Scope, Receive, Send], Awaitable[None]] | None
-        if path.startswith("/admin/"):
-            handler = self.admin
-        elif path.startswith("/v1/models/") and scope["method"] == "GET":
-            handler = self._get_model
-        else:
-            handler = self._routes.get((scope["method"], path))
+        admin = path.startswith("/admin/")
         try:
-            if handler is None:
-                # A body we will not read: the connection cannot be reused.
-                unread = _has_body(scope)
-                known = {p for (_, p) in self._routes}
-                if path in known:
-                    raise ApiError(
-                        405,
-                        f"method {scope['method']} is not allowed on {path}",
-                        close_connection=unread,
-                    )
-                raise ApiError(
-                    404,
-                    f"no such endpoint: {scope['method']} {path}",
-                    code="unknown_url",
-                    close_connection=unread,
-                )
-            await handler(scope, receive, send)
+            # Decided on the request line and headers alone: a refusal leaves
+            # the body unread, so the connection cannot be reused.
+            try:
+                cors = self.access.origins.admit(scope, admin=admin)
+                if is_preflight(scope):
+                    await self._preflight(scope, send)
+                    return
+                send = with_response_headers(send, cors)
+                key = None if admin or path in _OPEN_PATHS else self._authenticate(scope)
+                handler = self._route(scope, path)
+                # Every POST to a model route may run a turn: counted per key.
+                claim = self.access.keys.claim(key if scope["method"] == "POST" else None)
+            except ApiError as exc:
+                exc.close_connection = exc.close_connection or _has_body(scope)
+                raise
+            named = request_key.set(None if key is None else key.name)
+            try:
+                with claim:
+                    await handler(scope, receive, claim.sending(send))
+            finally:
+                request_key.reset(named)
         except ApiError as exc:
             await _send_error(send, exc)
         except _ClientGone:
             pass
+
+    def _route(self, scope: Scope, path: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        if path.startswith("/admin/"):
+            return self.admin
+        if path.startswith("/v1/models/") and scope["method"] == "GET":
+            return self._get_model
+        handler = self._routes.get((scope["method"], path))
+        if handler is not None:
+            return handler
+        if path in {p for (_, p) in self._routes}:
+            raise ApiError(405, f"method {scope['method']} is not allowed on {path}")
+        raise ApiError(404, f"no such endpoint: {scope['method']} {path}", code="unknown_url")
+
+    def _authenticate(self, scope: Scope) -> ApiKey | None:
+        """The request's API key (401 without a valid one when keys are configured);
+        its name goes with the request for handlers and log lines."""
+        try:
+            key = self.access.keys.authenticate(scope.get("headers", []))
+        except ApiError:
+            client = scope.get("client")
+            log.info(
+                "401 for %s %s from %s: no valid API key",
+                scope["method"],
+                scope["path"],
+                client[0] if client else "?",
+            )
+            raise
+        if key is not None:
+            scope[SCOPE_KEY] = key.name
+        return key
+
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        """204 to an allowed origin's CORS preflight (a refused one got 403)."""
+        headers = scope.get("headers", [])
+        origin = next(bytes(v) for n, v in headers if n.lower() == b"origin")
+        answer = self.access.origins.preflight_headers(origin, headers)
+        if _has_body(scope):  # a preflight has none; this one stays unread
+            answer.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 204, "headers": answer})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -232,12 +282,13 @@ class BridgeApp:
         await send_json(send, 200 if ready else 503, body)
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Ready to take a turn now: accepting and at least one usable child."""
+        """Ready to take a turn now: accepting, and a usable child that can
+        reach its model (codex logged in). ``/healthz`` is liveness only."""
         pool = self.mux.pool
         if not self.mux.accepting:
             reason: str | None = "the service is shutting down"
-        elif not pool.live:
-            reason = pool.unavailable_reason()
+        elif not pool.ready:
+            reason = pool.not_ready_reason()
         else:
             reason = None
         body: dict[str, Any] = {
@@ -246,6 +297,8 @@ class BridgeApp:
         }
         if reason is not None:
             body["reason"] = reason
+        if reason is not None and reason == pool.auth_problem:
+            body["code"] = "codex_not_authenticated"
         await send_json(send, 200 if reason is None else 503, body)
 
     async def _model_ids(self) -> list[str]:
@@ -373,14 +426,18 @@ class BridgeApp:
                     await body(turn, renderer)
             except ThreadUnavailable as exc:
                 if index + 1 < len(candidates):
-                    log.info("%s; continuing on a fresh thread", exc.message)
+                    log.info("%s; continuing on a fresh thread (%s)", exc.message, key_label())
                     index += 1
                     continue
                 return renderer, turn, index, exc
             except TurnRefused as exc:
                 return renderer, turn, index, exc
             if turn is not None and not retried and _retry_elsewhere(turn, renderer):
-                log.warning("%s died before the turn showed anything; retrying", turn.child_name)
+                log.warning(
+                    "%s died before the turn showed anything; retrying (%s)",
+                    turn.child_name,
+                    key_label(),
+                )
                 retried = 1
                 continue
             return renderer, turn, index, None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -41,3 +41,16 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def with_response_headers(send: Send, extra: Sequence[tuple[bytes, bytes]]) -> Send:
+    """``send`` that adds ``extra`` to the response's headers, whoever starts it."""
+    if not extra:
+        return send
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending

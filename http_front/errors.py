@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ class ApiError(Exception):
         code: str | None = None,
         retry_after_s: float | None = None,
         close_connection: bool = False,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -31,6 +33,8 @@ class ApiError(Exception):
         #: Answered before the request body was read to its end: the
         #: connection cannot serve another request, and the client must know.
         self.close_connection = close_connection
+        #: More headers for the answer (e.g. WWW-Authenticate).
+        self.headers = list(headers)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)

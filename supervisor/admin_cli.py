@@ -65,9 +65,12 @@ def _service(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
 
 
 def _render(status: dict[str, Any]) -> str:
+    auth_problem = status.get("auth_problem")
+    children = f"{status['ready']}/{status['size']} " + (
+        "running, NOT READY: codex is not logged in" if auth_problem else "ready"
+    )
     lines = [
-        f"pool: {status['ready']}/{status['size']} ready, {status['active_turns']} turns running,"
-        f" {status['queued']} queued"
+        f"pool: {children}, {status['active_turns']} turns running, {status['queued']} queued"
         + (", DRAINED" if status.get("paused") else "")
         + (", rolling restart in progress" if status.get("rolling_restart") else "")
         + ("" if status.get("accepting", True) else ", shutting down"),
@@ -81,6 +84,8 @@ def _render(status: dict[str, Any]) -> str:
         state = child.get("state", "-")
         if child.get("breaker") == "open":
             state = "breaker"
+        elif child.get("auth_problem") and state in ("idle", "busy"):
+            state = "no login"
         lines.append(
             f"{child['slot']:<5}{child.get('name', '-'):<12}{state:<10}"
             f"{child.get('pid') or '-':>8}{child.get('load', 0):>6}"
@@ -89,6 +94,8 @@ def _render(status: dict[str, Any]) -> str:
             f"{'-' if uptime is None else f'{uptime:.0f}s':>9}{child['restarts']:>9}"
             f"  {child.get('last_exit_reason') or '-'}"
         )
+    if auth_problem:
+        lines += ["", f"not ready: {auth_problem}"]
     return "\n".join(lines)
 
 
@@ -104,7 +111,7 @@ def run_pool_command(args: argparse.Namespace) -> int:
         base, headers = _service(args)
     except ConfigError as exc:
         print(f"codex-bridge: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     child = getattr(args, "child", None)
     action = args.action
     if action == "restart" and child is None:

@@ -27,6 +27,7 @@ from bridge.framing import LineFramer
 from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo, ModelInfo
 
+from .login import api_key_login_command, login_command
 from .process import SupervisedProcess, start_supervised
 from .reaper import MANAGED_PIDS, descendants, kill_descendants
 from .turn import FailureKind, Turn
@@ -81,14 +82,42 @@ class ChildLaunch:
     tap: Tap | None = None
 
 
-def not_authenticated_message(codex_home: str) -> str:
-    return (
-        "codex is not authenticated with OpenAI, so it cannot reach a model. "
-        f"On the server, run `CODEX_HOME={codex_home} codex login` (ChatGPT sign-in) or "
-        f"`printenv OPENAI_API_KEY | CODEX_HOME={codex_home} codex login --with-api-key`, "
-        "or configure a model provider in "
-        f"{codex_home}/config.toml; then retry the request."
+def not_authenticated_message(codex_home: str, env: Mapping[str, str] | None = None) -> str:
+    """What to tell an operator (and a client) when codex has no login.
+
+    Names commands that work as written on the server (see
+    :func:`supervisor.login.login_command`).
+    """
+    home = codex_home or "~/.codex"
+    text = (
+        f"codex is not logged in (CODEX_HOME={home}), so it cannot reach a model. "
+        f"On the server, run `{login_command(codex_home, '--device-auth')}` "
+        f"(ChatGPT sign-in, from a browser on any machine) or "
+        f"`{api_key_login_command(codex_home)}` (an API key), or configure a model "
+        f"provider in {home}/config.toml. The service notices within seconds; "
+        "no restart is needed."
     )
+    if env is not None and any(env.get(var) for var in _API_KEY_VARIABLES):
+        text += (
+            " An API key in the service's environment is not enough: codex app-server "
+            "reads only the login stored in CODEX_HOME."
+        )
+    return text
+
+
+def credentials_stamp(codex_home: str) -> tuple[int, int, int] | None:
+    """Identity of the login codex stores in ``codex_home`` (None: none stored).
+
+    codex app-server reads ``auth.json`` once, at start: a login made while
+    it runs only reaches a new process.
+    """
+    if not codex_home:
+        return None
+    try:
+        stat = (Path(codex_home).expanduser() / "auth.json").stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 class Child:
@@ -116,8 +145,9 @@ class Child:
         #: The process's return code once reaped (negative: killed by that signal).
         self.exit_code: int | None = None
         self.auth_problem: str | None = None
-        #: codex's model catalog, as this child listed it at start-up.
+        #: codex's model catalog, as this child listed it at start-up, and when.
         self.models: tuple[ModelInfo, ...] | None = None
+        self.models_at: float | None = None
         self.ready_at: float | None = None
         #: Being drained to be replaced: it will not come back to READY.
         self.stopping = False
@@ -126,6 +156,7 @@ class Child:
         self._stop = trio.Event()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._client: CodexClient | None = None
+        self._credentials_at_start: tuple[int, int, int] | None = None
 
     @property
     def client(self) -> CodexClient:
@@ -201,18 +232,29 @@ class Child:
         }
 
     async def check_auth(self) -> str | None:
-        """Ask codex whether it can reach its model; cache and return the problem."""
-        env = self.launch.env
+        """Ask codex whether it can reach its model; cache and return the problem.
+
+        ``account/read`` re-reads config.toml (a provider with its own key
+        says ``requiresOpenaiAuth: false``), but not ``auth.json``: see
+        :meth:`credentials_changed`. ``OPENAI_API_KEY``/``CODEX_API_KEY`` in
+        the child's environment do not count: codex app-server (0.169) sends
+        no key from them.
+        """
         result = await self.client.account_read(timeout_s=self.launch.startup_timeout_s)
-        has_key = any(env.get(var) for var in _API_KEY_VARIABLES)
-        if result.requires_openai_auth and result.account is None and not has_key:
-            self.auth_problem = not_authenticated_message(self.launch.codex_home)
+        if result.requires_openai_auth and result.account is None:
+            self.auth_problem = not_authenticated_message(self.launch.codex_home, self.launch.env)
         else:
             self.auth_problem = None
         return self.auth_problem
 
+    def credentials_changed(self) -> bool:
+        """Has a login been stored in CODEX_HOME since this process started?"""
+        return credentials_stamp(self.launch.codex_home) != self._credentials_at_start
+
     async def run(self, *, task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED) -> None:
         launch = self.launch
+        # Before the spawn: a login stored meanwhile then counts as a change.
+        self._credentials_at_start = credentials_stamp(launch.codex_home)
         try:
             # Under a guardian: the process and all it starts die with the
             # service, even if the service is killed with SIGKILL.
@@ -306,6 +348,8 @@ class Child:
             self.models = tuple(await self.client.model_list())
         except RpcCallError as exc:
             log.warning("%s: cannot list models: %s", self.name, exc.message)
+        else:
+            self.models_at = trio.current_time()
 
     async def ping(self, timeout_s: float) -> bool:
         """A cheap request with a deadline: False if the child did not answer in time.

@@ -5,15 +5,27 @@ Every setting is a field of :class:`Settings`. Its environment variable is
 ``CODEX_BRIDGE_POOL_SIZE``); its TOML key is the name itself, at top level.
 A bad value is refused with :class:`ConfigError`, whose message names the
 setting and where the value came from.
+
+Two settings are structured. ``api_keys`` is, in TOML, a list of tables
+``{name = "ci", key = "..."}`` or ``{name = "ci", sha256 = "<hex digest>"}``,
+each with an optional ``max_concurrent_turns``; in the environment,
+``CODEX_BRIDGE_API_KEYS`` is a comma-separated list of ``name:key`` entries
+or bare keys (named ``key-<position>``). Keys are kept as SHA-256 digests
+only, and no secret appears in a :class:`Settings`' repr. ``cors_origins``
+is a list of origins in TOML, comma-separated in the environment.
+
+Serving beyond loopback without an API key is refused unless
+``allow_unauthenticated`` says so (:meth:`Settings.check_exposure`).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +33,26 @@ import attrs
 import cattrs
 
 from bridge.codex import ApprovalPolicy
+from http_front.access import (
+    ApiKey,
+    check_key_name,
+    check_key_set,
+    check_secret,
+    hash_key,
+    is_loopback_name,
+    parse_cors_origins,
+)
 
 ENV_PREFIX = "CODEX_BRIDGE_"
 
 
 class ConfigError(Exception):
     """A setting has a value the service cannot start with."""
+
+
+class UnprotectedBind(ConfigError):
+    """A non-loopback address to serve on, and neither API keys nor
+    ``allow_unauthenticated``."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -47,6 +73,25 @@ def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None
 def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.strip():
         raise ValueError("must not be empty")
+
+
+def _redacted(value: object) -> str:
+    return "None" if value is None else "'<redacted>'"
+
+
+def _api_keys(value: Any) -> tuple[ApiKey, ...]:
+    keys = tuple(value)
+    for key in keys:
+        if not isinstance(key, ApiKey):
+            raise TypeError(f"expected ApiKey entries, got {type(key).__name__}")
+    check_key_set(keys)
+    return keys
+
+
+def _cors_origins(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError("expected a list of origins, got a string")
+    return parse_cors_origins(value)
 
 
 def _default_codex_home() -> str:
@@ -89,6 +134,15 @@ class Settings:
         default="auto", validator=attrs.validators.in_(["auto", "concise", "detailed", "none"])
     )
     max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Keys every model route requires (Authorization: Bearer <key>) when any is
+    #: set; held as SHA-256 digests. See the module docstring for the forms.
+    api_keys: tuple[ApiKey, ...] = attrs.field(default=(), converter=_api_keys)
+    #: Serve a non-loopback host without api_keys (anyone who reaches the port
+    #: may run turns).
+    allow_unauthenticated: bool = False
+    #: Web origins (https://chat.example.com) whose pages may call the service;
+    #: "*" (alone, and only with api_keys): any page, model routes only.
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_cors_origins)
 
     # codex children
     pool_size: int = attrs.field(default=2, validator=_positive)
@@ -124,6 +178,9 @@ class Settings:
     #: liveness_timeout_s, or it is killed and replaced (a hung child).
     liveness_interval_s: float = attrs.field(default=10.0, validator=_positive)
     liveness_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    #: A child that codex says cannot reach its model (not logged in) is asked
+    #: again this often, so a login made while the service runs is noticed.
+    auth_recheck_interval_s: float = attrs.field(default=5.0, validator=_positive)
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Adopt and reap orphans of codex's own subprocesses (Linux).
     subreaper: bool = True
@@ -171,11 +228,35 @@ class Settings:
     task_model: str | None = None
 
     #: Bearer token for /admin/; without one, /admin/ serves loopback clients only.
-    admin_token: str | None = None
+    admin_token: str | None = attrs.field(default=None, repr=_redacted)
 
     log_level: str = attrs.field(
         default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"])
     )
+
+    def __attrs_post_init__(self) -> None:
+        self.check_exposure()
+
+    def check_exposure(self) -> None:
+        """Refuse settings that would let strangers drive the service."""
+        if self.cors_origins == ("*",) and not self.api_keys:
+            raise ConfigError(
+                "invalid setting 'cors_origins': '*' lets every web page call the "
+                "service; it needs api_keys"
+            )
+        if not self.api_keys and not self.allow_unauthenticated and not is_loopback_name(self.host):
+            raise UnprotectedBind(
+                f"refusing to serve on {self.host!r} (not a loopback address) without "
+                "authentication: configure 'api_keys' (or CODEX_BRIDGE_API_KEYS), or set "
+                "'allow_unauthenticated = true' to let anyone who reaches the port run turns"
+            )
+        if self.admin_token is not None and any(
+            hmac.compare_digest(hash_key(self.admin_token), key.digest) for key in self.api_keys
+        ):
+            raise ConfigError(
+                "invalid setting 'admin_token': it is also an API key; the admin token "
+                "must be a secret of its own"
+            )
 
     @property
     def codex_home_path(self) -> Path:
@@ -196,6 +277,111 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(Settings)
+
+
+_KEY_FIELDS = ("name", "key", "sha256", "max_concurrent_turns")
+
+
+def _api_key_entry(index: int, entry: Any) -> ApiKey:
+    """One ``api_keys`` table (1-based ``index``, for messages)."""
+    where = f"entry {index}"
+    if isinstance(entry, ApiKey):
+        return entry
+    if not isinstance(entry, Mapping):
+        raise ValueError(
+            f'{where}: expected a table such as {{name = "ci", key = "..."}}, '
+            f"got {type(entry).__name__}"
+        )
+    unknown = sorted(str(k) for k in entry if k not in _KEY_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))} "
+            f"(fields: {', '.join(_KEY_FIELDS)})"
+        )
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: 'name' (a string) is required")
+    where = f"entry {index} ({name[:64]!r})"
+    limit = entry.get("max_concurrent_turns")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{where}: max_concurrent_turns must be an integer of 1 or more")
+    secret, digest = entry.get("key"), entry.get("sha256")
+    if (secret is None) == (digest is None):
+        raise ValueError(f"{where}: give exactly one of 'key' and 'sha256'")
+    try:
+        check_key_name(name)
+        if secret is not None:
+            if not isinstance(secret, str):
+                raise ValueError("'key' must be a string")
+            return ApiKey.from_secret(name, secret, max_concurrent_turns=limit)
+        if not isinstance(digest, str):
+            raise ValueError("'sha256' must be a string")
+        return ApiKey.from_sha256(name, digest, max_concurrent_turns=limit)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _structure_api_keys(value: Any) -> tuple[ApiKey, ...]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise ValueError(
+            'expected a list of tables such as [{name = "ci", key = "..."}], '
+            f"got {type(value).__name__}"
+        )
+    keys = tuple(_api_key_entry(i, entry) for i, entry in enumerate(value, 1))
+    check_key_set(keys)
+    return keys
+
+
+def _structure_origins(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of origins, got {type(value).__name__}")
+    return parse_cors_origins(value)
+
+
+#: Settings whose values are not scalars: how to check and build them.
+_STRUCTURED: dict[str, Callable[[Any], Any]] = {
+    "api_keys": _structure_api_keys,
+    "cors_origins": _structure_origins,
+}
+
+
+def _parse_env_api_keys(raw: str) -> list[ApiKey]:
+    """``name:key`` entries or bare keys, comma-separated; a bare key is
+    named ``key-<position>``. No secret is echoed in an error."""
+    if not raw.strip():
+        raise ValueError("is set but empty (unset it to configure no key)")
+    keys = []
+    for index, entry in enumerate(raw.split(","), 1):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"entry {index} is empty")
+        name, colon, secret = entry.partition(":")
+        if not colon:
+            name, secret = f"key-{index}", entry
+        try:
+            check_key_name(name)
+        except ValueError:
+            # not echoed: a misplaced ':' may have made part of a key the "name"
+            raise ValueError(
+                f"entry {index}: the name before ':' must be 1-64 letters, digits or . _ @ -"
+            ) from None
+        try:
+            check_secret(secret)
+        except ValueError as exc:
+            raise ValueError(f"entry {index}: {exc}") from None
+        keys.append(ApiKey.from_secret(name, secret))
+    return keys
+
+
+def _parse_env_list(raw: str) -> list[str]:
+    items = [item.strip() for item in raw.split(",")]
+    return [] if items == [""] else items
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "api_keys": _parse_env_api_keys,
+    "cors_origins": _parse_env_list,
+}
 
 
 def _parse_env_value(raw: str, hint: Any) -> Any:
@@ -229,6 +415,11 @@ _EXPECTED: dict[Any, tuple[tuple[type, ...], str]] = {
 
 def _structure_field(name: str, value: Any, hint: Any, source: str) -> Any:
     """Check ``value``'s type strictly (no "yes" for a bool), then structure it."""
+    if name in _STRUCTURED:
+        try:
+            return _STRUCTURED[name](value)
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting {name!r} (from {source}): {exc}") from None
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) and type(None) in args:
         if value is None:
@@ -288,9 +479,11 @@ def load_settings(
         if key not in hints:
             raise ConfigError(f"unknown setting in environment variable {var}")
         try:
-            parsed = _parse_env_value(raw, hints[key])
+            parse = _ENV_PARSERS.get(key)
+            parsed = parse(raw) if parse else _parse_env_value(raw, hints[key])
         except ValueError as exc:
-            raise ConfigError(f"invalid setting {key!r} (from {var}): {exc}") from exc
+            # from None: the traceback must not carry the secrets of api_keys
+            raise ConfigError(f"invalid setting {key!r} (from {var}): {exc}") from None
         values[key] = _structure_field(key, parsed, hints[key], var)
         sources[key] = var
 
@@ -303,14 +496,18 @@ def load_settings(
 
     try:
         return Settings(**values)
-    except ValueError as exc:
+    except UnprotectedBind as exc:
+        raise UnprotectedBind(f"{exc} (host from {sources['host']})") from None
+    except (ValueError, TypeError) as exc:
         # attrs validators raise with the attribute available only in the
         # message; find which setting failed by validating one at a time.
         for key, value in values.items():
             try:
                 Settings(**{key: value})
-            except ValueError as single:
+            except (ValueError, TypeError) as single:
                 raise ConfigError(
                     f"invalid setting {key!r} (from {sources[key]}): {single}"
                 ) from exc
+            except ConfigError:
+                continue  # valid alone; the cross-setting checks come later
         raise ConfigError(f"invalid settings: {exc}") from exc

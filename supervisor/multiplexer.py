@@ -387,13 +387,13 @@ class TurnMultiplexer:
         and the last known catalog is served if none answers.
         """
         now = trio.current_time()
-        if self._models is not None and now - self._models_at < max_age_s:
-            return self._models
         for child in self.pool.usable_children:
+            # A child lists the catalog at start; a newer child's catalog wins
+            # at once (one replaced to load a changed config, say).
             if child.models is not None and (
-                child.ready_at is not None and child.ready_at > self._models_at
+                child.models_at is not None and child.models_at > self._models_at
             ):
-                self._remember_models(list(child.models), child.ready_at)
+                self._remember_models(list(child.models), child.models_at)
         if self._models is not None and now - self._models_at < max_age_s:
             return self._models
         failures = []

@@ -15,6 +15,14 @@ Every ``liveness_interval_s`` each running child must answer a cheap request
 within ``liveness_timeout_s``; one that does not (stopped, deadlocked) is
 killed and replaced, and every turn and request waiting on it fails over.
 
+A child that codex says cannot reach its model — not logged in — stays in
+the pool (its requests get a clear 503, and the service is not *ready*), and
+is asked again every ``auth_recheck_interval_s``. codex re-reads config.toml
+on that question (a provider configured meanwhile), but reads a login stored
+in ``CODEX_HOME`` only at start, and its model catalog too: a child that can
+now reach a model, or whose home got a new login, is replaced by one that
+loads it all. The log says so once per change, not once per child.
+
 Planned stops (an operator's restart, recycling after N turns or above an RSS
 limit) go through *draining*: the child takes no new turns, its running turns
 finish (bounded by ``drain_timeout_s``), then it is replaced at once.
@@ -32,6 +40,8 @@ from typing import Any
 
 import attrs
 import trio
+
+from bridge.peer import PeerClosed, RpcCallError
 
 from .child import Child, ChildLaunch, ChildStartError, ChildState, rss_mib
 from .turn import FailureKind
@@ -73,6 +83,7 @@ class PoolPolicy:
     monitor_interval_s: float = 10.0
     liveness_interval_s: float = 10.0
     liveness_timeout_s: float = 10.0
+    auth_recheck_interval_s: float = 5.0
 
 
 class Pool:
@@ -108,6 +119,8 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.rolling_restart_running = False
         self.paused = False  # the whole pool drained by an operator
+        #: The authentication state last logged (None: fine, or not known yet).
+        self._auth_logged: str | None = None
 
     # -- observers -------------------------------------------------------------
 
@@ -145,6 +158,23 @@ class Pool:
             slot.breaker_open_until is not None and slot.breaker_open_until > now
             for slot in self.slots_state
         )
+
+    @property
+    def auth_problem(self) -> str | None:
+        """Why no usable child can reach a model (codex not logged in), if so."""
+        usable = self.usable_children
+        if not usable or any(child.auth_problem is None for child in usable):
+            return None
+        return usable[0].auth_problem
+
+    @property
+    def ready(self) -> bool:
+        """A usable child that can reach its model: turns can run now."""
+        return any(child.auth_problem is None for child in self.usable_children)
+
+    def not_ready_reason(self) -> str:
+        """Why :attr:`ready` is False (meaningless while it is True)."""
+        return self.auth_problem or self.unavailable_reason()
 
     def find(self, name: str) -> Child:
         """The current child called ``name``, or of slot number ``name``."""
@@ -209,6 +239,7 @@ class Pool:
         return {
             "size": self.size,
             "ready": len(self.usable_children),
+            "auth_problem": self.auth_problem,
             "paused": self.paused,
             "rolling_restart": self.rolling_restart_running,
             "children": children,
@@ -314,6 +345,7 @@ class Pool:
             if self.policy.recycle_rss_mib:
                 nursery.start_soon(self._watch_memory)
             nursery.start_soon(self._watch_liveness)
+            nursery.start_soon(self._watch_auth)
             for event in first_round:
                 await event.wait()
             task_status.started(self)
@@ -334,6 +366,7 @@ class Pool:
                         log.error("%s: failed to start: %s", child.name, exc)
                         child.exit_reason = child.exit_reason or str(exc)
                     else:
+                        self._auth_checked(child)
                         first_attempt.set()
                         if slot.replaced is not None and not slot.replaced.is_set():
                             slot.replaced.set()
@@ -419,6 +452,57 @@ class Pool:
                 self.kill(child, f"no answer to a liveness check within {timeout:g}s")
         finally:
             probing.discard(child)
+
+    async def _watch_auth(self) -> None:
+        """Ask children that cannot reach a model again (see the module docs)."""
+        checking: set[Child] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(self.policy.auth_recheck_interval_s)
+                for child in self.children:
+                    if (
+                        child.auth_problem is not None
+                        and child.state is ChildState.READY
+                        and child not in checking
+                    ):
+                        checking.add(child)
+                        nursery.start_soon(self._recheck_auth, child, checking)
+
+    async def _recheck_auth(self, child: Child, checking: set[Child]) -> None:
+        try:
+            with trio.fail_after(self.policy.liveness_timeout_s):
+                problem = await child.check_auth()
+        except (trio.TooSlowError, PeerClosed, RpcCallError):
+            return  # a hung or dying child is the liveness check's business
+        finally:
+            checking.discard(child)
+        if child.state is ChildState.READY:
+            if problem is None:
+                # codex re-reads config.toml for account/read and new threads,
+                # but keeps the model catalog it loaded at start.
+                why = "codex's config changed; replacing the child to load it whole"
+            elif child.credentials_changed():
+                # codex reads its stored login once, at start.
+                why = "a login was stored in CODEX_HOME; replacing the child to load it"
+            else:
+                why = ""
+            if why:
+                log.info("%s: %s", child.name, why)
+                self.drain(child)  # now, so that no request sees it half-changed
+                self.restart(child, why)
+        self._auth_checked(child)
+
+    def _auth_checked(self, child: Child) -> None:
+        """Log a change of codex's authentication, once (not once per child)."""
+        problem = child.auth_problem
+        if problem == self._auth_logged:
+            return
+        if problem is not None:
+            log.error("%s", problem)
+        else:
+            # As loud as the error it ends, so whoever saw that sees this.
+            log.warning("%s: codex can reach its model now; the service is ready", child.name)
+        self._auth_logged = problem
 
     async def _watch_memory(self) -> None:
         limit = self.policy.recycle_rss_mib

@@ -1,8 +1,9 @@
 """The service: one root nursery running the pool and the Hypercorn server.
 
-Order on the way up: children spawned and initialized, then the HTTP port
-opened. On the way down (SIGINT/SIGTERM or :meth:`ServiceHandle.shutdown`):
-the server stops accepting and lets requests finish for the graceful period,
+Order on the way up: the HTTP port bound (a port in use fails before any
+child starts), children spawned and initialized, then the port listening.
+On the way down (SIGINT/SIGTERM or :meth:`ServiceHandle.shutdown`): the
+server stops accepting and lets requests finish for the graceful period,
 then every child is stopped and reaped before :func:`run_service` returns.
 """
 
@@ -25,6 +26,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from http_front import hypercorn_errors
+from http_front.access import AccessPolicy
 from http_front.app import BridgeApp, FrontOptions
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
@@ -121,6 +123,7 @@ async def run_service(
             monitor_interval_s=settings.monitor_interval_s,
             liveness_interval_s=settings.liveness_interval_s,
             liveness_timeout_s=settings.liveness_timeout_s,
+            auth_recheck_interval_s=settings.auth_recheck_interval_s,
         ),
     )
     multiplexer = TurnMultiplexer(
@@ -164,6 +167,11 @@ async def run_service(
         keepalive_interval_s=settings.keepalive_interval_s,
         max_request_body_bytes=settings.max_request_body_bytes,
         admin_token=settings.admin_token,
+        access=AccessPolicy.build(
+            api_keys=settings.api_keys,
+            cors_origins=settings.cors_origins,
+            allow_headers=settings.conversation_headers.split(","),
+        ),
     )
     hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/431 answers
     config = HypercornConfig()
@@ -176,17 +184,27 @@ async def run_service(
     shutdown_requested = trio.Event()
     stop_server = trio.Event()
     handle = ServiceHandle("", pool, multiplexer, shutdown_requested)
-
-    async with store, trio.open_nursery() as nursery:
+    # Bound before any child starts, so that a port in use fails at once;
+    # connections are refused until the pool is up and the sockets listen.
+    bound = _bound(settings.host, settings.port)
+    async with store, bound as sockets, trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_handle_signals, handle, notifier)
         if reaping:
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(pool.run)
         await nursery.start(multiplexer.run)
-        log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
-        sockets = listening_sockets(config, settings.client_stall_timeout_s)
-        async with _closing(sockets), trio.open_nursery() as server:
+        if pool.auth_problem is None:
+            log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
+        else:
+            log.warning(
+                "pool up: %d of %d children running, none can reach a model: "
+                "not ready until codex is logged in",
+                len(pool.usable_children),
+                pool.size,
+            )
+        listen(sockets, config.backlog, settings.client_stall_timeout_s)
+        async with trio.open_nursery() as server:
             binds: list[str] = await server.start(
                 partial(
                     worker_serve,
@@ -216,8 +234,39 @@ async def run_service(
             log.warning("processes %s outlived the pool", left)
 
 
-def listening_sockets(config: HypercornConfig, stall_timeout_s: float) -> Sockets:
-    """Hypercorn's listening sockets, set so that a stalled client is cut off.
+class ListenError(Exception):
+    """The service cannot listen where it was told to; the message says
+    which address and why, in one line."""
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def bound_sockets(host: str, port: int) -> Sockets:
+    """A TCP socket bound to ``host``:``port``, not yet listening.
+
+    As Hypercorn would make it (``TCP_NODELAY``, ``SO_REUSEADDR``,
+    non-blocking), but a failure closes the socket and raises
+    :class:`ListenError` saying which address and why.
+    """
+    bind = _bind(host, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {bind}: {_reason(exc)}") from exc
+    return Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+
+
+def listen(sockets: Sockets, backlog: int, stall_timeout_s: float) -> None:
+    """Start listening, set so that a stalled client is cut off.
 
     Hypercorn writes responses shielded from cancellation and without a
     deadline: a client that stops reading would hold its connection, and the
@@ -227,31 +276,29 @@ def listening_sockets(config: HypercornConfig, stall_timeout_s: float) -> Socket
     connections inherit it from the listening socket. The stuck write then
     fails, Hypercorn reports the client gone, and its turn is interrupted.
     Connections with nothing in flight (idle, or a stream between deltas)
-    are not affected. Raises :class:`OSError` if an address cannot be bound.
+    are not affected. Raises :class:`ListenError` if a socket cannot listen
+    (another socket bound with ``SO_REUSEADDR`` listens there first).
     """
-    sockets = config.create_sockets()
-    every = [*sockets.secure_sockets, *sockets.insecure_sockets]
-    try:
-        for sock in every:
-            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
-                sock.setsockopt(
-                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall_timeout_s * 1000)
-                )
-            sock.listen(config.backlog)
-    except BaseException:
-        for sock in every:
-            sock.close()
-        raise
-    return sockets
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        ):
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stall_timeout_s * 1000)
+            )
+        try:
+            sock.listen(backlog)
+        except OSError as exc:
+            host, port = sock.getsockname()[:2]
+            raise ListenError(f"cannot listen on {_bind(host, port)}: {_reason(exc)}") from exc
 
 
 @asynccontextmanager
-async def _closing(sockets: Sockets) -> AsyncIterator[None]:
+async def _bound(host: str, port: int) -> AsyncIterator[Sockets]:
+    sockets = bound_sockets(host, port)
     try:
-        yield
+        yield sockets
     finally:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()

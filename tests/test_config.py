@@ -27,7 +27,10 @@ def test_codex_home_defaults_to_the_users_own(monkeypatch: pytest.MonkeyPatch) -
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
-    config.write_text('host = "0.0.0.0"\nport = 9000\npool_size = 3\napproval_policy = "accept"\n')
+    config.write_text(
+        'host = "0.0.0.0"\nallow_unauthenticated = true\n'
+        'port = 9000\npool_size = 3\napproval_policy = "accept"\n'
+    )
     env = {"CODEX_BRIDGE_PORT": "9001", "CODEX_BRIDGE_CODEX_HOME": "/srv/codex"}
     settings = load_settings(config_file=config, environ=env, overrides={"pool_size": 5})
     assert settings.host == "0.0.0.0"  # file
@@ -105,7 +108,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_cli_refuses_a_bad_value_at_start_up(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--pool-size", "0", "--codex-bin", sys.executable])
-    assert info.value.code == 2
+    assert info.value.code == 1
     assert "invalid setting 'pool_size' (from --pool-size)" in capsys.readouterr().err
 
 
@@ -114,7 +117,7 @@ def test_cli_refuses_a_missing_codex_binary(
 ) -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--codex-bin", str(tmp_path / "nope")])
-    assert info.value.code == 2
+    assert info.value.code == 1
     assert "invalid setting 'codex_bin'" in capsys.readouterr().err
 
 

@@ -253,7 +253,7 @@ async def test_without_credentials_a_request_gets_a_clear_error(
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "codex_not_authenticated"
-    assert "codex login" in error["message"]
+    assert "codex-bridge login --codex-home" in error["message"]
     assert str(tmp_path / "codex-home") in error["message"]
 
 

@@ -702,7 +702,9 @@ def run_fuzz(url: str, deadline: float) -> tuple[collections.Counter[int], int]:
                 sent["content-type"] = content_type.encode("latin-1")
             response = post(body, sent)
             check_chat_response(response)
-            if not _declared_json(content_type):
+            if "origin" in headers:  # a page of another origin is refused before all else
+                assert response.status_code == 403, (headers, response.content[:200])
+            elif not _declared_json(content_type):
                 assert response.status_code == 415, (content_type, response.content[:200])
 
         # Every place, every wrong type: a sure floor under the random search.
