@@ -27,6 +27,7 @@ from bridge.framing import LineFramer
 from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo, ModelInfo
 
+from .command_policy import CommandPolicy
 from .login import api_key_login_command, login_command
 from .process import SupervisedProcess, start_supervised
 from .reaper import MANAGED_PIDS, descendants, kill_descendants
@@ -80,6 +81,8 @@ class ChildLaunch:
     approval_timeout_s: float = 30.0
     #: Sees every line both ways (the transcript recorder uses it).
     tap: Tap | None = None
+    #: How the commands codex runs are confined (checked before the pool starts).
+    command_policy: CommandPolicy | None = None
 
 
 def not_authenticated_message(codex_home: str, env: Mapping[str, str] | None = None) -> str:

@@ -22,6 +22,7 @@ import trio
 
 from .admin_cli import add_pool_commands, run_pool_command
 from .codex_binary import CodexBinaryNotFound, find_codex_binary
+from .command_policy import SandboxUnavailable
 from .config import ConfigError, Settings, load_settings
 from .login import add_login_command, run_login
 from .service import ListenError, child_launch, run_service
@@ -154,7 +155,7 @@ def run_or_fail(service: Callable[[], Awaitable[object]]) -> int:
     failure: str | None = None
     try:
         trio.run(service)
-    except* (ListenError, ConfigError) as group:
+    except* (ListenError, ConfigError, SandboxUnavailable) as group:
         failure = str(_first(group))
     except* OSError as group:
         failure = _describe_os_error(_first(group))

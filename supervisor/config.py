@@ -43,6 +43,8 @@ from http_front.access import (
     parse_cors_origins,
 )
 
+from .command_policy import SANDBOX_MODES
+
 ENV_PREFIX = "CODEX_BRIDGE_"
 
 
@@ -185,6 +187,23 @@ class Settings:
     #: Adopt and reap orphans of codex's own subprocesses (Linux).
     subreaper: bool = True
 
+    #: Variables of the service's environment codex children also get (names,
+    #: shell-style patterns allowed), beyond the basics and the model
+    #: providers' keys; commands the model runs never see secret-looking ones.
+    child_env: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    # commands the model runs
+    #: workspace-write (a thread writes its own directory only), read-only,
+    #: or danger-full-access (no sandbox at all)
+    sandbox_mode: str = attrs.field(
+        default="workspace-write", validator=attrs.validators.in_(SANDBOX_MODES)
+    )
+    #: Network access for commands (codex itself always reaches its model).
+    command_network: bool = False
+    #: More paths commands must not read (CODEX_HOME, the state database, the
+    #: config file and other conversations' workspaces are always hidden).
+    sandbox_deny_paths: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
     # turns
     approval_policy: ApprovalPolicy = attrs.field(
         default=ApprovalPolicy.DECLINE, converter=ApprovalPolicy
@@ -257,6 +276,10 @@ class Settings:
                 "invalid setting 'admin_token': it is also an API key; the admin token "
                 "must be a secret of its own"
             )
+
+    #: The TOML file the settings came from (set by load_settings, not a
+    #: setting): commands must not read it.
+    config_file: str | None = attrs.field(default=None, kw_only=True)
 
     @property
     def codex_home_path(self) -> Path:
@@ -338,10 +361,20 @@ def _structure_origins(value: Any) -> tuple[str, ...]:
     return parse_cors_origins(value)
 
 
+def _structure_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(item, str) and item.strip() for item in value
+    ):
+        raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+    return tuple(item.strip() for item in value)
+
+
 #: Settings whose values are not scalars: how to check and build them.
 _STRUCTURED: dict[str, Callable[[Any], Any]] = {
     "api_keys": _structure_api_keys,
     "cors_origins": _structure_origins,
+    "child_env": _structure_names,
+    "sandbox_deny_paths": _structure_names,
 }
 
 
@@ -381,7 +414,12 @@ def _parse_env_list(raw: str) -> list[str]:
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _parse_env_api_keys,
     "cors_origins": _parse_env_list,
+    "child_env": _parse_env_list,
+    "sandbox_deny_paths": _parse_env_list,
 }
+
+#: Fields of Settings that are not settings (set by load_settings itself).
+_NOT_SETTINGS = frozenset({"config_file"})
 
 
 def _parse_env_value(raw: str, hint: Any) -> Any:
@@ -464,8 +502,10 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        values["config_file"] = str(path.resolve())
+        sources["config_file"] = "--config"
         for key, value in data.items():
-            if key not in hints:
+            if key not in hints or key in _NOT_SETTINGS:
                 raise ConfigError(f"unknown setting {key!r} in config file {path}")
             values[key] = _structure_field(key, value, hints[key], f"config file {path}")
             sources[key] = f"config file {path}"
@@ -476,7 +516,7 @@ def load_settings(
         if var == ENV_PREFIX + "URL":  # used by the admin CLI, not a setting
             continue
         key = var[len(ENV_PREFIX) :].lower()
-        if key not in hints:
+        if key not in hints or key in _NOT_SETTINGS:
             raise ConfigError(f"unknown setting in environment variable {var}")
         try:
             parse = _ENV_PARSERS.get(key)

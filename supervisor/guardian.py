@@ -27,7 +27,8 @@ milliseconds). It
 
 SIGTERM, SIGINT and SIGHUP do not end the guardian: its life is tied to the
 program and to the lifeline, not to signals meant for the service. Orphans
-adopted while the program runs are reaped as they exit.
+adopted while the program runs are reaped as they exit, and killed if they
+linger for more than a couple of seconds (nothing waits for them any more).
 
 Elsewhere than Linux there is no subreaper, no parent-death signal and no
 ``/proc``: the lifeline still ends the program's process group, but a process
@@ -52,6 +53,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 _EXEC_FAILED = 127
 #: How long the guardian goes on killing and reaping before it exits anyway.
 _END_TIMEOUT_S = 5.0
+#: How often the guardian looks for processes the program left behind, and
+#: how long such an orphan may linger before it is killed.
+_ORPHAN_SCAN_S = 1.0
+_ORPHAN_GRACE_S = 2.0
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -68,13 +73,13 @@ def _ignore(signum: int, frame: object) -> None:
     would be inherited by the program."""
 
 
-def _descendants(root: int) -> list[int]:
-    """Live processes below ``root``, from /proc (empty elsewhere)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[bytes, int]]:
+    """pid -> (state, ppid) of every process in /proc (empty elsewhere)."""
+    table: dict[int, tuple[bytes, int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return table
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -84,7 +89,15 @@ def _descendants(root: int) -> list[int]:
         except OSError:
             continue
         fields = raw[raw.rindex(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        table[int(entry)] = (fields[0], int(fields[1]))
+    return table
+
+
+def _descendants(root: int) -> list[int]:
+    """Live processes below ``root``."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in _processes().items():
+        children.setdefault(ppid, []).append(pid)
     found: list[int] = []
     stack = list(children.get(root, ()))
     while stack:
@@ -150,6 +163,34 @@ def _reap_exited(program: int) -> tuple[bool, int | None]:
             _kill(program, group=True)  # what is left of its group, elsewhere than Linux
 
 
+def _kill_stale_orphans(program: int, adopted: dict[int, float]) -> None:
+    """Kill what the program left behind and we adopted, after a grace.
+
+    Our children other than the program are orphans of its processes (we
+    are their subreaper). Those that exit are reaped; those that linger —
+    codex orphans some of its sandboxed file helpers, login shells leave
+    daemons — serve nobody any more and would pile up for as long as the
+    program runs: after ``_ORPHAN_GRACE_S`` they are killed.
+    """
+    now = time.monotonic()
+    alive = set()
+    for pid in _children(os.getpid()):
+        if pid == program:
+            continue
+        alive.add(pid)
+        first_seen = adopted.setdefault(pid, now)
+        if now - first_seen >= _ORPHAN_GRACE_S:
+            _kill(pid)
+    for pid in list(adopted):
+        if pid not in alive:
+            del adopted[pid]
+
+
+def _children(parent: int) -> list[int]:
+    """Live (not zombie) children of ``parent``."""
+    return [pid for pid, (state, ppid) in _processes().items() if ppid == parent and state != b"Z"]
+
+
 def _watch(program: int, lifeline: int, wakeup: int) -> int | None:
     """Wait for the program to exit or the lifeline to break, then end
     everything below us; return the program's wait status."""
@@ -157,12 +198,14 @@ def _watch(program: int, lifeline: int, wakeup: int) -> int | None:
     poller.register(lifeline, select.POLLIN)
     poller.register(wakeup, select.POLLIN)
     _, status = _reap_exited(program)
+    adopted: dict[int, float] = {}
     while status is None:
-        ready = {fd for fd, _ in poller.poll()}
+        ready = {fd for fd, _ in poller.poll(_ORPHAN_SCAN_S * 1000)}
         _drain(wakeup)
         _, status = _reap_exited(program)
         if status is None and lifeline in ready and not os.read(lifeline, 1):
             break  # EOF: the service is gone, or wants the program gone
+        _kill_stale_orphans(program, adopted)
     poller.unregister(lifeline)
     # Kill everything below us and reap until no child is left. Each round
     # kills what /proc shows below us, reaps, and waits for the next SIGCHLD;

@@ -16,6 +16,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import attrs
@@ -33,6 +34,7 @@ from http_front.conversation.store import StoreError, open_store
 
 from .child import ChildLaunch
 from .codex_binary import APP_SERVER_ARGS, find_codex_binary
+from .command_policy import CommandPolicy, check_sandbox, child_environment, link_bundled_bwrap
 from .config import ConfigError, Settings
 from .multiplexer import TurnMultiplexer
 from .pool import Pool, PoolPolicy
@@ -57,22 +59,59 @@ class ServiceHandle:
         self._shutdown.set()
 
 
+def command_policy(settings: Settings) -> CommandPolicy:
+    """What commands run by the model may see and reach (supervisor.command_policy)."""
+    workspace = Path(settings.workspace_dir).expanduser().resolve()
+    denied = [
+        settings.codex_home_path.resolve(),
+        workspace / "conversations",
+        workspace / "scratch",
+        *(Path(path).expanduser().resolve() for path in settings.sandbox_deny_paths),
+    ]
+    if settings.config_file:
+        denied.append(Path(settings.config_file).resolve())
+    state_url = settings.state_url_or_default
+    if state_url.startswith("sqlite:///"):
+        database = Path(state_url[len("sqlite://") :]).expanduser().resolve()
+        denied += [database.with_name(database.name + end) for end in _SQLITE_FILES]
+    return CommandPolicy(
+        sandbox_mode=settings.sandbox_mode,
+        network=settings.command_network,
+        denied=tuple(dict.fromkeys(denied)),
+        command_home=workspace / ".codex-bridge" / "home",
+    )
+
+
+#: A SQLite database and the files that come and go beside it.
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
 def child_launch(settings: Settings, *, environ: Mapping[str, str] | None = None) -> ChildLaunch:
     """How the pool starts children under ``settings``.
 
-    The child's environment is the service's own, with ``CODEX_HOME`` set to
-    the configured home so codex uses the config.toml and login found there.
+    The child's environment is an allowlist of the service's own (see
+    supervisor.command_policy), with ``CODEX_HOME`` set to the configured
+    home so codex uses the config.toml and login found there; the commands
+    the model runs are confined by the policy's ``-c`` overrides.
     """
     binary = find_codex_binary(settings.codex_bin)
-    env = dict(os.environ if environ is None else environ)
-    codex_home = str(settings.codex_home_path)
-    env["CODEX_HOME"] = codex_home
+    policy = command_policy(settings)
+    policy.command_home.mkdir(parents=True, exist_ok=True)
+    bin_dir = link_bundled_bwrap(binary, policy.command_home.parent / "bin")
+    codex_home = settings.codex_home_path
+    env = child_environment(
+        os.environ if environ is None else environ,
+        codex_home=codex_home,
+        passed=settings.child_env,
+        path_first=bin_dir,
+    )
     return ChildLaunch(
-        argv=(str(binary), *APP_SERVER_ARGS),
+        argv=(str(binary), *APP_SERVER_ARGS, *policy.codex_args()),
         env=env,
         cwd=settings.workspace_dir,
+        command_policy=policy,
         client_name=settings.client_name,
-        codex_home=codex_home,
+        codex_home=str(codex_home),
         startup_timeout_s=settings.startup_timeout_s,
         stop_grace_s=settings.stop_grace_s,
         max_line_bytes=settings.max_line_bytes,
@@ -188,6 +227,8 @@ async def run_service(
     # connections are refused until the pool is up and the sockets listen.
     bound = _bound(settings.host, settings.port)
     async with store, bound as sockets, trio.open_nursery() as nursery:
+        # The state database exists now (its files are among those hidden).
+        await _check_commands_are_confined(settings, launch)
         if handle_signals:
             nursery.start_soon(_handle_signals, handle, notifier)
         if reaping:
@@ -302,6 +343,26 @@ async def _bound(host: str, port: int) -> AsyncIterator[Sockets]:
     finally:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
+
+
+async def _check_commands_are_confined(settings: Settings, launch: ChildLaunch) -> None:
+    """Before any model can run a command, prove the confinement holds
+    (supervisor.command_policy.check_sandbox); SandboxUnavailable if not."""
+    policy = launch.command_policy
+    if policy is None:
+        return
+    if not policy.confined:
+        log.warning(
+            "sandbox_mode = danger-full-access: commands the model runs can read and write "
+            "everything the service's user can, and reach the network"
+        )
+        return
+    check_dir = trio.Path(settings.workspace_dir) / "scratch" / "sandbox-check"
+    await check_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        await check_sandbox(Path(launch.argv[0]), policy, launch.env, Path(check_dir))
+    finally:
+        await check_dir.rmdir()
 
 
 def status_line(mux: TurnMultiplexer) -> str:

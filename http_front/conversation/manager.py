@@ -129,13 +129,15 @@ class Conversations:
 
     async def plan(self, kind: RequestKind, key: str | None, chat: ChatRequest) -> Plan:
         turn = chat.turn
-        if kind is RequestKind.TASK:
-            model = self.task_model or turn.model
-            return Plan(kind, (Candidate(attrs.evolve(turn, model=model, ephemeral=True)),))
-        if kind is RequestKind.STATELESS or key is None:
+        if kind is RequestKind.TASK or kind is RequestKind.STATELESS or key is None:
+            # A directory of its own, removed afterwards: what its commands
+            # write goes nowhere else, and no other request can see it.
             scratch = self.workspace_root / "scratch" / uuid.uuid4().hex
             await trio.Path(scratch).mkdir(parents=True)
             request = attrs.evolve(turn, cwd=str(scratch))
+            if kind is RequestKind.TASK:
+                model = self.task_model or turn.model
+                request = attrs.evolve(request, model=model, ephemeral=True)
             return Plan(kind, (Candidate(request),), scratch=scratch)
         assert self.store is not None
         cwd = self.workspace_root / "conversations" / workspace_name(key)
