@@ -329,7 +329,9 @@ async def main() -> None:
         },
     }
     print("bridge alone (fake children) ...", file=sys.stderr)
-    async with service_process(FAKE_CODEX, {}, pool_size=2) as service:
+    # The stand-in runs no command: there is no sandbox to prove.
+    fake_settings = {"CODEX_BRIDGE_SANDBOX_MODE": "danger-full-access"}
+    async with service_process(FAKE_CODEX, fake_settings, pool_size=2) as service:
         await flood(service, streams=1, deltas=5_000)  # warm up
         results["throughput_1_stream"] = await flood(service, streams=1, deltas=200_000)
         results["throughput_8_streams"] = await flood(service, streams=8, deltas=50_000)

@@ -43,10 +43,11 @@ allowed is refused with 403 ``origin_not_allowed`` on every route,
   that is not an http(s) origin.
 
 A request without ``Origin`` (curl, SDKs, servers) is not from a page of
-another origin and passes this check. A rebound page can still *read* the
-answers to same-origin GETs (browsers send no Origin on them); GETs change
-nothing, and without an admin token ``/admin/`` also answers only requests
-addressed to a loopback name (:func:`loopback_host`). An ``OPTIONS`` request
+another origin and passes this check. A rebound page could still *read* the
+answers to same-origin GETs (browsers send no Origin on them), so where no
+secret stands in its way — ``/admin/`` without an admin token, the model
+routes of a service without API keys, for clients on this machine — a
+request must also be addressed to a loopback name (:func:`loopback_host`). An ``OPTIONS`` request
 that is not a preflight (no ``Origin`` or no
 ``Access-Control-Request-Method``) gets what any unsupported method gets.
 """
@@ -412,6 +413,29 @@ def loopback_host(host: bytes | None) -> bool:
         return True
     parsed = _host_header(host, "http")
     return parsed is not None and is_loopback_name(parsed[0])
+
+
+def client_is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback_host(scope: Scope, what: str, *, code: str = "host_not_allowed") -> None:
+    """403 unless the request is addressed to a loopback name (see
+    :func:`loopback_host`): what a DNS-rebound page cannot do."""
+    hosts = _values(scope.get("headers", []), b"host")
+    if len(hosts) > 1 or not loopback_host(hosts[0] if hosts else None):
+        raise ApiError(
+            403,
+            f"{what} answers only requests addressed to 127.0.0.1, [::1] or localhost",
+            type="permission_error",
+            code=code,
+        )
 
 
 class Verdict(enum.Enum):

@@ -19,14 +19,13 @@ of origins not allowed are refused before this app is reached (see
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool, UnknownChild
 
-from .access import loopback_host
+from .access import client_is_loopback, require_loopback_host
 from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
 
@@ -42,16 +41,6 @@ def pool_status(mux: TurnMultiplexer) -> dict[str, Any]:
     return status
 
 
-def _is_loopback(scope: Scope) -> bool:
-    client = scope.get("client")
-    if not client:
-        return False
-    try:
-        return ipaddress.ip_address(client[0]).is_loopback
-    except ValueError:
-        return False
-
-
 class AdminApp:
     def __init__(self, multiplexer: TurnMultiplexer, *, token: str | None = None) -> None:
         self.mux = multiplexer
@@ -63,22 +52,16 @@ class AdminApp:
 
     def _authorize(self, scope: Scope) -> None:
         if self.token is None:
-            if not _is_loopback(scope):
+            if not client_is_loopback(scope):
                 raise ApiError(
                     403,
                     "the admin API answers only local clients unless admin_token is configured",
                     type="permission_error",
                     code="admin_forbidden",
                 )
-            hosts = [v for n, v in scope.get("headers", []) if n.lower() == b"host"]
-            if len(hosts) > 1 or not loopback_host(hosts[0] if hosts else None):
-                raise ApiError(
-                    403,
-                    "without admin_token the admin API answers only requests addressed to "
-                    "127.0.0.1, [::1] or localhost",
-                    type="permission_error",
-                    code="admin_forbidden",
-                )
+            require_loopback_host(
+                scope, "without admin_token the admin API", code="admin_forbidden"
+            )
             return
         supplied = b""
         for name, value in scope.get("headers", []):

@@ -19,7 +19,16 @@ from bridge.protocol import TokenCounts
 from supervisor.multiplexer import ThreadUnavailable, TurnMultiplexer, TurnRefused
 from supervisor.turn import FailureKind, Turn, TurnRequest
 
-from .access import SCOPE_KEY, AccessPolicy, ApiKey, is_preflight, key_label, request_key
+from .access import (
+    SCOPE_KEY,
+    AccessPolicy,
+    ApiKey,
+    client_is_loopback,
+    is_preflight,
+    key_label,
+    request_key,
+    require_loopback_host,
+)
 from .admin import AdminApp
 from .asgi import Receive, Scope, Send, send_json, serve_lifespan, with_response_headers
 from .chat import ChatRequest, parse_body, parse_chat_request
@@ -153,6 +162,8 @@ class BridgeApp:
         conversations: Conversations | None = None,
         keepalive_interval_s: float = 15.0,
         max_request_body_bytes: int = 8 * 1024 * 1024,
+        request_body_timeout_s: float = 60.0,
+        max_header_bytes: int = 16 * 1024,
         admin_token: str | None = None,
         access: AccessPolicy | None = None,
     ) -> None:
@@ -165,6 +176,8 @@ class BridgeApp:
         self.admin = AdminApp(multiplexer, token=admin_token)
         self.keepalive_interval_s = keepalive_interval_s
         self.max_request_body_bytes = max_request_body_bytes
+        self.request_body_timeout_s = request_body_timeout_s
+        self.max_header_bytes = max_header_bytes
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("GET", "/v1/models"): self._list_models,
@@ -184,12 +197,15 @@ class BridgeApp:
             # Decided on the request line and headers alone: a refusal leaves
             # the body unread, so the connection cannot be reused.
             try:
+                self._check_header_size(scope)
                 cors = self.access.origins.admit(scope, admin=admin)
                 if is_preflight(scope):
                     await self._preflight(scope, send)
                     return
                 send = with_response_headers(send, cors)
                 key = None if admin or path in _OPEN_PATHS else self._authenticate(scope)
+                if key is None and not admin and path not in _OPEN_PATHS:
+                    self._guard_keyless(scope)
                 handler = self._route(scope, path)
                 # Every POST to a model route may run a turn: counted per key.
                 claim = self.access.keys.claim(key if scope["method"] == "POST" else None)
@@ -237,6 +253,27 @@ class BridgeApp:
             scope[SCOPE_KEY] = key.name
         return key
 
+    def _check_header_size(self, scope: Scope) -> None:
+        """431 past ``max_header_bytes``. The HTTP server refuses a header
+        block that grows beyond it while arriving; one that arrived whole in
+        a single read is measured here."""
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+        if size > self.max_header_bytes:
+            raise ApiError(
+                431,
+                f"the request's header fields are too large: at most {self.max_header_bytes} "
+                "bytes, request line included",
+                close_connection=True,
+            )
+
+    def _guard_keyless(self, scope: Scope) -> None:
+        """Without API keys, a local client's request must be addressed to a
+        loopback name: a page rebound to 127.0.0.1 cannot use the service
+        (nor read its GET answers, which carry no Origin)."""
+        if not self.access.keys.required and client_is_loopback(scope):
+            require_loopback_host(scope, "a service without API keys")
+
     async def _preflight(self, scope: Scope, send: Send) -> None:
         """204 to an allowed origin's CORS preflight (a refused one got 403)."""
         headers = scope.get("headers", [])
@@ -248,6 +285,19 @@ class BridgeApp:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body, within ``max_request_body_bytes`` (413) and
+        ``request_body_timeout_s`` (408: a client trickling its body must not
+        hold a request open)."""
+        with trio.move_on_after(self.request_body_timeout_s):
+            return await self._read_body_now(receive)
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {self.request_body_timeout_s:g}s",
+            code="request_timeout",
+            close_connection=True,  # the rest of the body stays unread
+        )
+
+    async def _read_body_now(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -9,6 +9,12 @@ one method that writes those answers,
 ``hypercorn.protocol.h11.H11Protocol._send_error_response(status_code)``,
 with one that writes the same status and headers plus that JSON body.
 
+A connection that has not sent a whole request line and header block within
+``keep_alive_timeout`` (a slowloris client, trickling bytes) is closed by
+Hypercorn without a word; :func:`install` also makes it answer 408 with the
+same JSON body first, when part of a request had arrived (an idle
+keep-alive connection is closed silently, as before).
+
 Hypercorn offers no hook for this, so the replacement leans on its
 internals; :func:`install` checks them first and raises
 :class:`HypercornChanged` rather than serve with a patch that no longer fits.
@@ -18,6 +24,7 @@ covered.)
 
 from __future__ import annotations
 
+import contextlib
 import http
 import inspect
 from collections.abc import Awaitable, Callable
@@ -25,8 +32,10 @@ from typing import Any
 
 import h11
 import orjson
+import trio
 from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
 
 from .errors import error_body
 
@@ -39,6 +48,8 @@ class HypercornChanged(RuntimeError):
 
 
 def error_message(status_code: int, max_header_bytes: int) -> str:
+    if status_code == 408:
+        return "the request's line and header fields did not arrive in time"
     if status_code == 431:
         return (
             f"the request's header fields are too large: at most {max_header_bytes} bytes, "
@@ -111,16 +122,78 @@ def _check(current: _ErrorResponder) -> None:
         )
 
 
+_CLOSE = "_initiate_server_close"
+
+
+def _partial_request(server: TCPServer) -> bool:
+    """Whether an HTTP/1.1 connection holds part of a request not yet parsed."""
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    if not isinstance(protocol, H11Protocol):
+        return False
+    connection = protocol.connection
+    return connection.their_state is h11.IDLE and bool(connection.trailing_data[0])
+
+
+def _timeout_answer(server: TCPServer) -> bytes:
+    payload = error_payload(408, server.config.h11_max_incomplete_size)
+    head = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(payload)).encode() + b"\r\nconnection: close\r\n\r\n"
+    )
+    return head + payload
+
+
+def _closing_with_408(original: Callable[[TCPServer], Awaitable[None]]) -> Any:
+    async def _initiate_server_close(self: TCPServer) -> None:
+        """Hypercorn's idle close; a request left half-sent first gets a 408."""
+        if _partial_request(self):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                with trio.move_on_after(1):  # the client may not be reading either
+                    await self.stream.send_all(_timeout_answer(self))
+        await original(self)
+
+    _initiate_server_close.replaces = original  # type: ignore[attr-defined]
+    return _initiate_server_close
+
+
+def _check_close(current: Any) -> None:
+    problems = []
+    if not inspect.iscoroutinefunction(current) or list(inspect.signature(current).parameters) != [
+        "self"
+    ]:
+        problems.append(f"TCPServer.{_CLOSE} is not a coroutine method of no argument")
+    try:
+        idle = inspect.getsource(TCPServer._idle_timeout)
+    except (AttributeError, OSError, TypeError):
+        idle = ""
+    if f"self.{_CLOSE}()" not in idle or "keep_alive_timeout" not in idle:
+        problems.append(f"the keep-alive timeout no longer closes through {_CLOSE}")
+    if not hasattr(h11.Connection, "trailing_data"):
+        problems.append("h11 lost Connection.trailing_data")
+    if problems:
+        raise HypercornChanged(
+            "cannot answer a request that timed out with 408: "
+            + "; ".join(problems)
+            + " (see http_front/hypercorn_errors.py)"
+        )
+
+
 def install() -> None:
-    """Make Hypercorn's HTTP/1.1 error responses carry a JSON error body.
+    """Make Hypercorn's HTTP/1.1 error responses carry a JSON error body,
+    and a request that does not arrive in time get a 408.
 
     Process-wide and idempotent; raises :class:`HypercornChanged` if
     Hypercorn's internals are not what the replacement expects.
     """
     current = getattr(H11Protocol, _METHOD, None)
-    if current is _send_json_error_response:
-        return
     if current is None:
         raise HypercornChanged(f"H11Protocol has no {_METHOD} to replace")
-    _check(current)
-    setattr(H11Protocol, _METHOD, _send_json_error_response)
+    if current is not _send_json_error_response:
+        _check(current)
+        setattr(H11Protocol, _METHOD, _send_json_error_response)
+    close = getattr(TCPServer, _CLOSE, None)
+    if close is None:
+        raise HypercornChanged(f"TCPServer has no {_CLOSE} to wrap")
+    if not hasattr(close, "replaces"):
+        _check_close(close)
+        setattr(TCPServer, _CLOSE, _closing_with_408(close))

@@ -36,7 +36,8 @@ from .turn import FailureKind, Turn
 log = logging.getLogger(__name__)
 
 _VERSION = "0.1.0"
-_API_KEY_VARIABLES = ("OPENAI_API_KEY", "CODEX_API_KEY")
+#: Variables people expect codex to take an OpenAI key from; app-server does not.
+API_KEY_VARIABLES = ("OPENAI_API_KEY", "CODEX_API_KEY")
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -83,9 +84,18 @@ class ChildLaunch:
     tap: Tap | None = None
     #: How the commands codex runs are confined (checked before the pool starts).
     command_policy: CommandPolicy | None = None
+    #: The environment for each new process, when it may change over time
+    #: (codex's config.toml may name a new provider key); else ``env``.
+    environment: Callable[[], Mapping[str, str]] | None = None
+    #: API-key variables of the service's environment that codex does not
+    #: read (said so when codex has no login).
+    unused_key_variables: tuple[str, ...] = ()
+
+    def spawn_env(self) -> Mapping[str, str]:
+        return self.environment() if self.environment is not None else self.env
 
 
-def not_authenticated_message(codex_home: str, env: Mapping[str, str] | None = None) -> str:
+def not_authenticated_message(codex_home: str, unused_keys: Sequence[str] = ()) -> str:
     """What to tell an operator (and a client) when codex has no login.
 
     Names commands that work as written on the server (see
@@ -100,10 +110,10 @@ def not_authenticated_message(codex_home: str, env: Mapping[str, str] | None = N
         f"provider in {home}/config.toml. The service notices within seconds; "
         "no restart is needed."
     )
-    if env is not None and any(env.get(var) for var in _API_KEY_VARIABLES):
+    if unused_keys:
         text += (
-            " An API key in the service's environment is not enough: codex app-server "
-            "reads only the login stored in CODEX_HOME."
+            f" An API key in the service's environment ({', '.join(unused_keys)}) is not "
+            "enough: codex app-server reads only the login stored in CODEX_HOME."
         )
     return text
 
@@ -245,7 +255,9 @@ class Child:
         """
         result = await self.client.account_read(timeout_s=self.launch.startup_timeout_s)
         if result.requires_openai_auth and result.account is None:
-            self.auth_problem = not_authenticated_message(self.launch.codex_home, self.launch.env)
+            self.auth_problem = not_authenticated_message(
+                self.launch.codex_home, self.launch.unused_key_variables
+            )
         else:
             self.auth_problem = None
         return self.auth_problem
@@ -261,7 +273,7 @@ class Child:
         try:
             # Under a guardian: the process and all it starts die with the
             # service, even if the service is killed with SIGKILL.
-            process = await start_supervised(launch.argv, env=launch.env, cwd=launch.cwd)
+            process = await start_supervised(launch.argv, env=launch.spawn_env(), cwd=launch.cwd)
         except OSError as exc:
             self.state = ChildState.STOPPED
             self.exit_reason = f"cannot start {launch.argv[0]}: {exc}"

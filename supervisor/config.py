@@ -136,6 +136,13 @@ class Settings:
         default="auto", validator=attrs.validators.in_(["auto", "concise", "detailed", "none"])
     )
     max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: A request body must arrive within this long (408 otherwise).
+    request_body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
+    #: Request line and header fields, at most this many bytes (431 otherwise).
+    http_max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: A connection's request line and headers must arrive within this long
+    #: (408), and an idle keep-alive connection is closed after it.
+    http_keep_alive_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     #: Keys every model route requires (Authorization: Bearer <key>) when any is
     #: set; held as SHA-256 digests. See the module docstring for the forms.
     api_keys: tuple[ApiKey, ...] = attrs.field(default=(), converter=_api_keys)

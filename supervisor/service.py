@@ -32,7 +32,7 @@ from http_front.app import BridgeApp, FrontOptions
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
 
-from .child import ChildLaunch
+from .child import API_KEY_VARIABLES, ChildLaunch
 from .codex_binary import APP_SERVER_ARGS, find_codex_binary
 from .command_policy import CommandPolicy, check_sandbox, child_environment, link_bundled_bwrap
 from .config import ConfigError, Settings
@@ -99,15 +99,19 @@ def child_launch(settings: Settings, *, environ: Mapping[str, str] | None = None
     policy.command_home.mkdir(parents=True, exist_ok=True)
     bin_dir = link_bundled_bwrap(binary, policy.command_home.parent / "bin")
     codex_home = settings.codex_home_path
-    env = child_environment(
-        os.environ if environ is None else environ,
+    service_env = dict(os.environ if environ is None else environ)
+    environment = partial(
+        child_environment,
+        service_env,
         codex_home=codex_home,
         passed=settings.child_env,
         path_first=bin_dir,
     )
     return ChildLaunch(
         argv=(str(binary), *APP_SERVER_ARGS, *policy.codex_args()),
-        env=env,
+        env=environment(),
+        environment=environment,  # again at each spawn: config.toml may change
+        unused_key_variables=tuple(v for v in API_KEY_VARIABLES if service_env.get(v)),
         cwd=settings.workspace_dir,
         command_policy=policy,
         client_name=settings.client_name,
@@ -205,6 +209,8 @@ async def run_service(
         options=FrontOptions.from_settings(settings),
         keepalive_interval_s=settings.keepalive_interval_s,
         max_request_body_bytes=settings.max_request_body_bytes,
+        request_body_timeout_s=settings.request_body_timeout_s,
+        max_header_bytes=settings.http_max_header_bytes,
         admin_token=settings.admin_token,
         access=AccessPolicy.build(
             api_keys=settings.api_keys,
@@ -212,9 +218,12 @@ async def run_service(
             allow_headers=settings.conversation_headers.split(","),
         ),
     )
-    hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/431 answers
+    hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/408/431 answers
     config = HypercornConfig()
     config.bind = [_bind(settings.host, settings.port)]
+    config.h11_max_incomplete_size = settings.http_max_header_bytes
+    # Also how long a new connection has for its request line and headers.
+    config.keep_alive_timeout = settings.http_keep_alive_timeout_s
     # By the time the server is told to stop, every turn has ended; this only
     # bounds the last writes of their responses.
     config.graceful_timeout = 5.0

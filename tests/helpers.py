@@ -191,6 +191,9 @@ async def start_serve(
         "CODEX_BRIDGE_WORKSPACE_DIR": str(tmp_path / "ws"),
         "CODEX_BRIDGE_STATE_URL": f"sqlite:///{tmp_path / 'state.sqlite3'}",
         "CODEX_BRIDGE_LOG_LEVEL": "warning",
+        # a fake child runs no command: there is no sandbox to prove
+        "CODEX_BRIDGE_SANDBOX_MODE": "danger-full-access",
+        "CODEX_BRIDGE_CHILD_ENV": "FAKE_*",  # the fake's settings, through the allowlist
         "FAKE_DELAY_S": "0.1",
         **env,
     }

@@ -357,7 +357,7 @@ async def test_a_client_that_stops_reading_costs_bounded_memory_and_its_turn(
             await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
             body = orjson.dumps(chat_body("flood", model="fake-model"))
             await sock.send(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                 b"content-type: application/json\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )

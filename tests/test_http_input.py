@@ -253,7 +253,8 @@ async def test_oversized_headers_get_a_431_with_a_json_body(tmp_path: Path) -> N
 MALFORMED_HTTP = [
     # a chunk size that is not hexadecimal
     (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
         400,
     ),
@@ -263,7 +264,8 @@ MALFORMED_HTTP = [
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
     # a transfer coding h11 does not implement
     (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         b"Transfer-Encoding: gzip\r\n\r\n",
         501,
     ),

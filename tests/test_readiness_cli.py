@@ -335,6 +335,7 @@ async def test_failing_to_listen_after_the_pool_is_up_leaves_no_child(
     launch = attrs.evolve(
         child_launch(settings, environ=dict(os.environ)),
         argv=(sys.executable, "-u", FAKE, "ok", "5"),
+        command_policy=None,  # a fake child runs no command
     )
     with trio.fail_after(TIMEOUT_S), pytest.raises(ExceptionGroup) as raised:
         await service.run_service(settings, launch=launch)
