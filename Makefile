@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run demo test lint typecheck unit bench record clean
+.PHONY: install run demo test lint typecheck unit bench adversarial record clean
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -42,6 +42,10 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The real service and real codex children under faults (15-20 minutes).
+adversarial: install
+	$(BIN)/python -m bench.adversarial
 
 # Re-record fixtures/transcripts from the real binary.
 record: install
