@@ -71,12 +71,13 @@ class ServerRequestRefused(Exception):
 
 
 class _Pending:
-    __slots__ = ("done", "method", "outcome")
+    __slots__ = ("done", "method", "outcome", "sent_at")
 
     def __init__(self, method: str) -> None:
         self.method = method
         self.done = trio.Event()
         self.outcome: Response | ErrorResponse | PeerClosed | None = None
+        self.sent_at = trio.current_time()
 
 
 async def _refuse_all(request: ServerRequest) -> Any:
@@ -148,6 +149,17 @@ class JsonRpcPeer:
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def oldest_pending_age(self) -> float:
+        """How long the oldest unanswered request has waited (0: none waits).
+
+        codex answers every request the bridge makes within milliseconds;
+        one left unanswered for seconds says the child is hung.
+        """
+        if not self._pending:
+            return 0.0
+        now = trio.current_time()
+        return max(now - slot.sent_at for slot in self._pending.values())
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()

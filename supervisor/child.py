@@ -366,6 +366,12 @@ class Child:
         else:
             self.models_at = trio.current_time()
 
+    def unanswered_for(self) -> float:
+        """How long this child has left a request unanswered (0: none waits)."""
+        if self._client is None or self.state is ChildState.STOPPED:
+            return 0.0
+        return self._client.peer.oldest_pending_age()
+
     async def ping(self, timeout_s: float) -> bool:
         """A cheap request with a deadline: False if the child did not answer in time.
 

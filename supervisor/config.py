@@ -185,7 +185,7 @@ class Settings:
     monitor_interval_s: float = attrs.field(default=10.0, validator=_positive)
     #: Every liveness_interval_s each child must answer a cheap request within
     #: liveness_timeout_s, or it is killed and replaced (a hung child).
-    liveness_interval_s: float = attrs.field(default=10.0, validator=_positive)
+    liveness_interval_s: float = attrs.field(default=5.0, validator=_positive)
     liveness_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     #: A child that codex says cannot reach its model (not logged in) is asked
     #: again this often, so a login made while the service runs is noticed.

@@ -19,6 +19,7 @@ import shlex
 import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -167,6 +168,7 @@ class TurnMultiplexer:
         #: When each owned thread last ended a turn (for releasing idle ones).
         self._last_used: dict[str, float] = {}
         self._sweep_soon = trio.Event()
+        self._nursery: trio.Nursery | None = None
         #: An owned thread's token total after its last turn: the next turn's
         #: baseline (codex reports running totals of the whole thread).
         self._thread_totals: dict[str, TokenCounts] = {}
@@ -195,8 +197,13 @@ class TurnMultiplexer:
     def _pick(self, only: Child | None) -> Child | None:
         candidates = self.pool.usable_children if only is None else [only]
         best: Child | None = None
+        # A child that has left a request unanswered this long is probably
+        # hung: no new turn for it while the liveness watch decides.
+        suspect_after = self.pool.policy.liveness_timeout_s / 2
         for child in candidates:
             if not child.usable or child.load >= self.max_turns_per_child:
+                continue
+            if only is None and child.unanswered_for() > suspect_after:
                 continue
             if best is None or child.load < best.load:
                 best = child
@@ -336,16 +343,23 @@ class TurnMultiplexer:
         return False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Release threads nobody needs loaded: idle for ``thread_idle_release_s``,
-        beyond ``max_threads_per_child`` on a child (least recently used
-        first), or owned by a child that is gone. Runs until cancelled."""
-        task_status.started()
+        """The multiplexer's own background work, until cancelled.
+
+        Releases threads nobody needs loaded: idle for
+        ``thread_idle_release_s``, beyond ``max_threads_per_child`` on a child
+        (least recently used first), or owned by a child that is gone. And
+        interrupts, at once, turns failed for a consumer too slow to take
+        their events (that consumer may be stuck writing to its client).
+        """
         interval = min(60.0, self.thread_idle_release_s / 4)
-        while True:
-            with trio.move_on_after(interval):
-                await self._sweep_soon.wait()
-            self._sweep_soon = trio.Event()
-            await self._sweep()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                with trio.move_on_after(interval):
+                    await self._sweep_soon.wait()
+                self._sweep_soon = trio.Event()
+                await self._sweep()
 
     async def _sweep(self) -> None:
         now = trio.current_time()
@@ -579,6 +593,7 @@ class TurnMultiplexer:
                 else self._thread_totals.get(thread_id)
             ),
         )
+        turn.on_failure = partial(self._turn_failed, child, turn)
         # Route before turn/start: codex may emit events before answering.
         peer = child.client.peer
         peer.add_route(thread_id, turn.on_notification)
@@ -616,6 +631,21 @@ class TurnMultiplexer:
             raise
         turn.turn_id = result.turn.id
         return turn
+
+    def _turn_failed(self, child: Child, turn: Turn, kind: FailureKind) -> None:
+        """A turn whose consumer fell too far behind: codex must stop now,
+        not when that consumer (blocked writing to a client that does not
+        read) gets around to leaving the turn."""
+        if kind is FailureKind.CONSUMER_TOO_SLOW and self._nursery is not None and turn.turn_id:
+            self._nursery.start_soon(self._interrupt_now, child, turn)
+
+    async def _interrupt_now(self, child: Child, turn: Turn) -> None:
+        with trio.move_on_after(self.interrupt_grace_s):
+            try:
+                await child.client.turn_interrupt(TurnInterruptParams(turn.thread_id, turn.turn_id))
+            except (PeerClosed, RpcCallError) as exc:
+                log.info("%s: interrupt of %s: %s", child.name, turn.turn_id, exc)
+        # Whether codex confirmed or not, leaving the turn finishes the job.
 
     async def _finish(self, child: Child, turn: Turn) -> None:
         """Interrupt an unfinished turn and wait (bounded) for codex to end it."""

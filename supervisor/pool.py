@@ -81,7 +81,7 @@ class PoolPolicy:
     recycle_after_turns: int = 0
     recycle_rss_mib: float = 0.0
     monitor_interval_s: float = 10.0
-    liveness_interval_s: float = 10.0
+    liveness_interval_s: float = 5.0
     liveness_timeout_s: float = 10.0
     auth_recheck_interval_s: float = 5.0
 
@@ -433,15 +433,29 @@ class Pool:
         self._notify()
 
     async def _watch_liveness(self) -> None:
-        """Kill children that stop answering (see the module docs)."""
+        """Kill children that stop answering (see the module docs).
+
+        Every ``liveness_interval_s`` each child gets a cheap request; and
+        every second, any request a child has left unanswered for
+        ``liveness_timeout_s`` — a probe's or a turn's — condemns it, so a
+        request stuck on a hung child waits no longer than that.
+        """
         probing: set[Child] = set()
+        timeout = self.policy.liveness_timeout_s
+        tick = min(1.0, self.policy.liveness_interval_s)
+        next_probe = trio.current_time() + self.policy.liveness_interval_s
         async with trio.open_nursery() as nursery:
             while True:
-                await trio.sleep(self.policy.liveness_interval_s)
+                await trio.sleep(tick)
+                probe = trio.current_time() >= next_probe
+                if probe:
+                    next_probe = trio.current_time() + self.policy.liveness_interval_s
                 for child in self.children:
-                    if child.state in (ChildState.READY, ChildState.DRAINING) and (
-                        child not in probing
-                    ):
+                    if child.state not in (ChildState.READY, ChildState.DRAINING):
+                        continue
+                    if child.unanswered_for() >= timeout:
+                        self.kill(child, f"no answer to a request within {timeout:g}s")
+                    elif probe and child not in probing:
                         probing.add(child)
                         nursery.start_soon(self._probe, child, probing)
 

@@ -13,6 +13,7 @@ import collections
 import enum
 import logging
 import math
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -220,6 +221,8 @@ class Turn:
         #: The thread's latest total — also from reports that come after the
         #: bridge ended the turn (codex counts a cut call when interrupted).
         self.thread_total: TokenCounts | None = None
+        #: Called once, when the bridge fails the turn (see :meth:`fail`).
+        self.on_failure: Callable[[FailureKind], None] | None = None
         #: Commands of this turn still running (item id → command line):
         #: codex leaves them running when a turn is interrupted.
         self.running_commands: dict[str, str] = {}
@@ -338,10 +341,14 @@ class Turn:
         )
 
     def fail(self, kind: FailureKind, message: str) -> None:
-        """End the turn from the bridge's side (idempotent)."""
+        """End the turn from the bridge's side (idempotent); ``on_failure``
+        hears of it (the multiplexer stops codex without waiting for a
+        consumer that may be stuck)."""
         if self.terminal is None:
             self.failure_kind = kind
             self._finish(TurnCompleted(self.turn_id, TurnStatus.FAILED, message, kind.value))
+            if self.on_failure is not None:
+                self.on_failure(kind)
 
     def _finish(self, event: TurnCompleted) -> None:
         # The terminal event is kept apart from the queue, so it can never be

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -210,3 +210,10 @@ async def start_serve(
             if process.returncode is not None:
                 raise RuntimeError(f"codex-bridge serve exited with {process.returncode}")
             await trio.sleep(0.05)
+
+
+async def eventually(predicate: Callable[[], bool], *, interval_s: float = 0.01) -> None:
+    """Wait until ``predicate()`` holds, for states no event announces (what a
+    child process did); bound it with the caller's ``fail_after``."""
+    while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+        await trio.sleep(interval_s)

@@ -25,10 +25,12 @@ from bridge.protocol import TurnCompleted
 from supervisor.child import Child, ChildState
 from supervisor.multiplexer import InputTooLarge, TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
-from supervisor.turn import Turn, TurnRequest
+from supervisor.turn import FailureKind, Turn, TurnRequest
 from tests.helpers import (
+    LineLog,
     chat_body,
     content_of,
+    eventually,
     make_settings,
     running_service,
     sse_events,
@@ -502,3 +504,57 @@ async def test_threads_of_a_dead_child_are_forgotten_by_the_sweep() -> None:
             await mux._sweep()
             assert mux.owner(turn.thread_id) is None
             nursery.cancel_scope.cancel()
+
+
+async def test_a_request_left_unanswered_condemns_its_child_without_a_probe(
+    tmp_path: Path,
+) -> None:
+    """No probe is due (60 s), yet the request stuck on a stopped child is
+    retried elsewhere once it has waited liveness_timeout_s; meanwhile new
+    requests avoid the suspect child."""
+    settings = make_settings(
+        tmp_path, pool_size=2, rpc_timeout_s=30, liveness_interval_s=60, liveness_timeout_s=2
+    )
+    with trio.fail_after(20):
+        async with running_service(settings, fake("ok", 3)) as svc:
+            pool = svc.handle.pool
+            victim = pool.children[0]  # the least busy child picked first
+            took: dict[str, float] = {}
+
+            async def ask(name: str) -> None:
+                start = trio.current_time()
+                response = await svc.client.post(
+                    "/v1/chat/completions", json=chat_body(name, model="fake-model", stream=False)
+                )
+                assert response.status_code == 200, response.text
+                took[name] = trio.current_time() - start
+
+            with stopped(victim.pid):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ask, "stuck")
+                    await trio.sleep(1.5)  # the stuck request is suspect after 1 s
+                    nursery.start_soon(ask, "later")
+            reason = victim.exit_reason
+    assert 2 <= took["stuck"] < 5  # killed at 2 s, then served by the other child
+    assert took["later"] < 1  # never sent to the suspect child
+    assert "no answer to a request within 2s" in (reason or "")
+
+
+async def test_a_turn_too_slow_for_its_consumer_is_stopped_in_codex_at_once() -> None:
+    """The consumer is stuck (as one writing to a client that does not read);
+    codex is told to stop as soon as the backlog is too big, not when that
+    consumer finally leaves the turn."""
+    log = LineLog()
+    pool = Pool(1, fake("ok", 1_000_000, tap=log), policy=PoolPolicy(liveness_interval_s=math.inf))
+    mux = TurnMultiplexer(pool, stream_buffer_bytes=64 * 1024, turn_event_buffer=64)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await nursery.start(mux.run)
+            async with mux.open_turn(TurnRequest("flood")) as turn:
+                await eventually(lambda: turn.failure_kind is not None)  # nobody reads
+                assert turn.failure_kind is FailureKind.CONSUMER_TOO_SLOW
+                await eventually(turn.wait_codex_finished_nowait)  # codex stops, consumer or not
+                interrupts_while_inside = len(log.sent("turn/interrupt"))
+            nursery.cancel_scope.cancel()
+    assert interrupts_while_inside == 1
