@@ -173,18 +173,13 @@ def free_port() -> int:
 FAKE = str(Path(__file__).with_name("fake_app_server.py"))
 
 
-async def start_serve(
-    tmp_path: Path, mode: str = "ok", deltas: int = 40, **env: str
-) -> tuple[trio.Process, str]:
-    """The real ``codex-bridge serve`` process on fake children (tests/fake_app_server.py
-    ``mode``), settings from ``env``; returns once it is ready."""
-    port = free_port()
+def fake_serve_env(tmp_path: Path, mode: str = "ok", deltas: int = 40) -> dict[str, str]:
+    """Settings for ``codex-bridge serve`` on fake children
+    (tests/fake_app_server.py ``mode``), all its state under ``tmp_path``."""
     script = tmp_path / "fake-codex"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -u {FAKE} {mode} {deltas}\n")
     script.chmod(0o755)
-    full_env = {
-        **os.environ,
-        "CODEX_BRIDGE_PORT": str(port),
+    return {
         "CODEX_BRIDGE_POOL_SIZE": "2",
         "CODEX_BRIDGE_CODEX_BIN": str(script),
         "CODEX_BRIDGE_CODEX_HOME": str(tmp_path / "home"),
@@ -194,6 +189,19 @@ async def start_serve(
         # a fake child runs no command: there is no sandbox to prove
         "CODEX_BRIDGE_SANDBOX_MODE": "danger-full-access",
         "CODEX_BRIDGE_CHILD_ENV": "FAKE_*",  # the fake's settings, through the allowlist
+    }
+
+
+async def start_serve(
+    tmp_path: Path, mode: str = "ok", deltas: int = 40, **env: str
+) -> tuple[trio.Process, str]:
+    """The real ``codex-bridge serve`` process on fake children (tests/fake_app_server.py
+    ``mode``), settings from ``env``; returns once it is ready."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        **fake_serve_env(tmp_path, mode, deltas),
+        "CODEX_BRIDGE_PORT": str(port),
         "FAKE_DELAY_S": "0.1",
         **env,
     }

@@ -35,6 +35,7 @@ from tests.helpers import (
     RunningService,
     chat_body,
     content_of,
+    fake_serve_env,
     free_port,
     leftover_processes,
     make_settings,
@@ -294,17 +295,7 @@ def _ours(tmp_path: Path) -> list[str]:
 
 
 async def serve_on(tmp_path: Path, port: int) -> subprocess.CompletedProcess[bytes]:
-    script = tmp_path / "fake-codex"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -u {FAKE} ok 5\n")
-    script.chmod(0o755)
-    env = {
-        "CODEX_BRIDGE_POOL_SIZE": "2",
-        "CODEX_BRIDGE_CODEX_BIN": str(script),
-        "CODEX_BRIDGE_CODEX_HOME": str(tmp_path / "home"),
-        "CODEX_BRIDGE_WORKSPACE_DIR": str(tmp_path / "ws"),
-        "CODEX_BRIDGE_STATE_URL": f"sqlite:///{tmp_path / 'state.sqlite3'}",
-        "CODEX_BRIDGE_LOG_LEVEL": "warning",
-    }
+    env = fake_serve_env(tmp_path, "ok", 5)
     return await run_cli("serve", "--port", str(port), env=env)
 
 
