@@ -16,7 +16,9 @@ environment policy, passed as ``-c`` overrides (which win over config.toml):
 only :data:`COMMAND_ENV` survives (``include_only`` is applied last, after any
 ``set`` a config.toml adds), anything whose name looks secret is excluded,
 ``HOME`` is an empty directory so no profile or rc file of the service user is
-read, and codex takes no snapshot of the service user's login shell.
+read, and codex takes no snapshot of the service user's login shell. A
+thread's own directory contributes no AGENTS.md (only the model's commands
+write there); CODEX_HOME's AGENTS.md and skills still apply.
 
 **The commands' filesystem and network** go through a codex permission
 profile (codex 0.169 runs commands under its bundled bubblewrap): the whole
@@ -202,6 +204,14 @@ class CommandPolicy:
             # a profile exports would reach commands, and what it starts
             # (daemons, a pyenv rehash waiting on its lock) outlives it.
             ("features.shell_snapshot", False),
+            # No project docs (AGENTS.md) from a thread's directory, and no
+            # search for a project root above it: under the profile each such
+            # lookup is a sandboxed helper process (~40 ms each, a dozen per
+            # new thread), and an AGENTS.md in a conversation's directory could
+            # only have been written by the model's own commands.
+            ("project_root_markers", []),
+            ("project_doc_max_bytes", 0),
+            ("project_doc_fallback_filenames", []),
             ("shell_environment_policy.inherit", "core"),
             ("shell_environment_policy.ignore_default_excludes", False),
             ("shell_environment_policy.exclude", list(SECRET_NAMES)),

@@ -118,6 +118,10 @@ def test_the_default_policy_confines_commands(tmp_path: Path) -> None:
     assert overrides["shell_environment_policy.inherit"] == "core"
     assert "*KEY*" in overrides["shell_environment_policy.exclude"]  # type: ignore[operator]
     assert overrides["shell_environment_policy.set.HOME"] == str(tmp_path / "home")
+    # a thread's directory is not a project: no AGENTS.md from it, no root search
+    assert overrides["project_root_markers"] == []
+    assert overrides["project_doc_max_bytes"] == 0
+    assert overrides["features.shell_snapshot"] is False
     # a new profile name at every start: config.toml cannot name it to widen it
     assert CommandPolicy(command_home=tmp_path).profile != profile
 

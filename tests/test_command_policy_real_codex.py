@@ -179,3 +179,32 @@ async def test_no_sandbox_helper_is_left_running_between_turns(
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+async def test_instructions_come_from_codex_home_never_from_a_workspace(
+    tmp_path: Path, codex_bin: Path, scripted_model: ScriptedModelServer
+) -> None:
+    """An AGENTS.md in a conversation's directory could only have been written
+    by the model's own commands: it must not become instructions."""
+    service, _ = await hardened_service(tmp_path, codex_bin, scripted_model)
+    (Path(tmp_path / "codex-home") / "AGENTS.md").write_text("OPERATOR-INSTRUCTIONS-MARKER\n")
+    with trio.fail_after(TIMEOUT_S):
+        async with service as svc:
+            await run_command(
+                svc, scripted_model, "echo PLANTED-INSTRUCTIONS-MARKER > AGENTS.md", key="C"
+            )
+            await run_command(svc, scripted_model, "cat AGENTS.md", key="C")
+            # a new thread in the same directory (the conversation's edited history)
+            response = await svc.client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "scripted-model",
+                    "stream": False,
+                    "messages": [{"role": "user", "content": "[scenario:plain] new thread"}],
+                },
+                headers={"X-Conversation-Id": "C"},
+            )
+            assert response.status_code == 200
+    bodies = [str(request.body) for request in scripted_model.model.requests]
+    assert all("OPERATOR-INSTRUCTIONS-MARKER" in body for body in bodies)
+    assert "PLANTED-INSTRUCTIONS-MARKER" not in bodies[-1]  # the new thread's first request
