@@ -58,9 +58,9 @@ import httpx
 import orjson
 import trio
 
+from codex_bridge.codex_binary import PROJECT_ROOT, find_codex_binary
 from fixtures.codex_home import write_codex_home
 from fixtures.scripted_model import ScriptedModel, run_scripted_model
-from supervisor.codex_binary import PROJECT_ROOT, find_codex_binary
 
 RESULTS_DIR = PROJECT_ROOT / "bench-results"
 LOG_DIR = RESULTS_DIR / "adversarial-logs"

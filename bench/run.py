@@ -35,10 +35,10 @@ import httpx
 import trio
 
 from bridge.protocol import AgentMessageDelta
+from codex_bridge.codex_binary import APP_SERVER_ARGS, PROJECT_ROOT, find_codex_binary
 from fixtures.codex_home import write_codex_home
 from fixtures.scripted_model import run_scripted_model
 from supervisor.child import ChildLaunch
-from supervisor.codex_binary import APP_SERVER_ARGS, PROJECT_ROOT, find_codex_binary
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool
 from supervisor.turn import TurnRequest

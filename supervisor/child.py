@@ -28,7 +28,6 @@ from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo, ModelInfo
 
 from .command_policy import CommandPolicy
-from .login import api_key_login_command, login_command
 from .process import SupervisedProcess, start_supervised
 from .reaper import MANAGED_PIDS, descendants, kill_descendants
 from .turn import FailureKind, Turn
@@ -90,32 +89,11 @@ class ChildLaunch:
     #: API-key variables of the service's environment that codex does not
     #: read (said so when codex has no login).
     unused_key_variables: tuple[str, ...] = ()
+    #: What to tell an operator (and a client) when codex has no login.
+    not_logged_in: str = "codex is not logged in, so it cannot reach a model."
 
     def spawn_env(self) -> Mapping[str, str]:
         return self.environment() if self.environment is not None else self.env
-
-
-def not_authenticated_message(codex_home: str, unused_keys: Sequence[str] = ()) -> str:
-    """What to tell an operator (and a client) when codex has no login.
-
-    Names commands that work as written on the server (see
-    :func:`supervisor.login.login_command`).
-    """
-    home = codex_home or "~/.codex"
-    text = (
-        f"codex is not logged in (CODEX_HOME={home}), so it cannot reach a model. "
-        f"On the server, run `{login_command(codex_home, '--device-auth')}` "
-        f"(ChatGPT sign-in, from a browser on any machine) or "
-        f"`{api_key_login_command(codex_home)}` (an API key), or configure a model "
-        f"provider in {home}/config.toml. The service notices within seconds; "
-        "no restart is needed."
-    )
-    if unused_keys:
-        text += (
-            f" An API key in the service's environment ({', '.join(unused_keys)}) is not "
-            "enough: codex app-server reads only the login stored in CODEX_HOME."
-        )
-    return text
 
 
 def credentials_stamp(codex_home: str) -> tuple[int, int, int] | None:
@@ -255,9 +233,7 @@ class Child:
         """
         result = await self.client.account_read(timeout_s=self.launch.startup_timeout_s)
         if result.requires_openai_auth and result.account is None:
-            self.auth_problem = not_authenticated_message(
-                self.launch.codex_home, self.launch.unused_key_variables
-            )
+            self.auth_problem = self.launch.not_logged_in
         else:
             self.auth_problem = None
         return self.auth_problem

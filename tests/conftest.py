@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from codex_bridge.codex_binary import CodexBinaryNotFound, find_codex_binary
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
-from supervisor.codex_binary import CodexBinaryNotFound, find_codex_binary
 from supervisor.reaper import MANAGED_PIDS, enable_subreaper, reap_all_orphans
 from tests.helpers import SESSION_PROCESSES, describe_processes, leftover_processes
 

@@ -15,11 +15,11 @@ import httpx
 import orjson
 import trio
 
+from codex_bridge.config import Settings
+from codex_bridge.service import ServiceHandle, run_service
 from fixtures.transcript import transcript_path
 from supervisor.child import ChildLaunch
-from supervisor.config import Settings
 from supervisor.reaper import MANAGED_PIDS
-from supervisor.service import ServiceHandle, run_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Servers that session fixtures keep for the whole run (e.g. redis-server).

@@ -1,4 +1,4 @@
-"""API keys and browser protections (http_front/access.py, settings in supervisor/config.py).
+"""API keys and browser protections (http_front/access.py, settings in codex_bridge/config.py).
 
 Pure parts first (key table, origin policy, CORS headers, settings parsing),
 then the running service on fake children, then the real ``openai`` SDK.
@@ -22,6 +22,8 @@ import openai
 import pytest
 import trio
 
+from codex_bridge.cli import main
+from codex_bridge.config import ConfigError, Settings, UnprotectedBind, load_settings
 from http_front.access import (
     ApiKey,
     KeyTable,
@@ -33,8 +35,6 @@ from http_front.access import (
 )
 from http_front.asgi import Message, with_response_headers
 from http_front.errors import ApiError
-from supervisor.cli import main
-from supervisor.config import ConfigError, Settings, UnprotectedBind, load_settings
 from tests.helpers import (
     LineLog,
     RunningService,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from codex_bridge.config import ConfigError, load_settings
+from codex_bridge.service import child_launch, command_policy
 from supervisor.command_policy import (
     CommandPolicy,
     SandboxUnavailable,
@@ -18,8 +20,6 @@ from supervisor.command_policy import (
     link_bundled_bwrap,
     provider_env_keys,
 )
-from supervisor.config import ConfigError, load_settings
-from supervisor.service import child_launch, command_policy
 from tests.helpers import LineLog, make_settings, running_service
 from tests.test_supervisor import fake
 

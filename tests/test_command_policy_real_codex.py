@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
+from codex_bridge.service import child_launch
 from fixtures.codex_home import write_codex_home
 from fixtures.scenarios import tool_output_text
 from fixtures.scripted_model import ScriptedModelServer
 from supervisor.reaper import descendants
-from supervisor.service import child_launch
 from tests.helpers import RunningService, describe_processes, make_settings, running_service
 
 pytestmark = pytest.mark.real_codex

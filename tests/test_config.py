@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bridge.codex import ApprovalPolicy
-from supervisor.cli import main
-from supervisor.config import ConfigError, Settings, load_settings
+from codex_bridge.cli import main
+from codex_bridge.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_bind_loopback_with_two_children(tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ import openai
 import pytest
 import trio
 
+from codex_bridge.service import child_launch
 from fixtures.codex_home import write_codex_home
 from fixtures.scenarios import DROP_TEXT, PLAIN_TEXT
 from fixtures.scripted_model import ScriptedModelServer
 from supervisor.reaper import descendants
-from supervisor.service import child_launch
 from tests.helpers import (
     RunningService,
     chat_body,

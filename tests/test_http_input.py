@@ -26,12 +26,12 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from codex_bridge.service import child_launch
 from fixtures.codex_home import write_codex_home
 from fixtures.scripted_model import ScriptedModelServer
 from http_front.chat import MAX_TURN_INPUT_CHARS, REASONING_EFFORTS
 from http_front.hypercorn_errors import HypercornChanged, install
 from supervisor.multiplexer import InputTooLarge
-from supervisor.service import child_launch
 from supervisor.turn import TurnRequest
 from tests.helpers import LineLog, RunningService, make_settings, running_service
 from tests.test_supervisor import fake

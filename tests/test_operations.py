@@ -18,12 +18,12 @@ import trio
 import trio.testing
 
 from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnStatus
+from codex_bridge.systemd import Notifier
 from http_front.admin import AdminApp
 from http_front.errors import ApiError
 from supervisor.child import ChildLaunch, ChildState
 from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
-from supervisor.systemd import Notifier
 from supervisor.turn import TurnRequest
 from tests.helpers import (
     LineLog,
@@ -409,7 +409,7 @@ async def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            from supervisor.service import ServiceHandle, run_service
+            from codex_bridge.service import ServiceHandle, run_service
 
             handle: ServiceHandle = await nursery.start(
                 lambda task_status: run_service(

@@ -22,14 +22,14 @@ import pytest
 import trio
 from hypercorn.config import Sockets
 
+from codex_bridge import service
+from codex_bridge.admin_cli import _render
+from codex_bridge.cli import project_version
+from codex_bridge.login import not_authenticated_message
+from codex_bridge.service import ListenError, bound_sockets, child_launch
 from fixtures.codex_home import API_KEY, API_KEY_ENV, write_codex_home
 from fixtures.demo import demo_settings
 from fixtures.scripted_model import ScriptedModelServer
-from supervisor import service
-from supervisor.admin_cli import _render
-from supervisor.child import not_authenticated_message
-from supervisor.cli import project_version
-from supervisor.service import ListenError, bound_sockets, child_launch
 from tests.helpers import (
     FAKE,
     RunningService,

@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def bridge_command() -> str:
     found = shutil.which("codex-bridge")
     if found:
         return shlex.quote(found)
-    return f"{shlex.quote(sys.executable)} -m supervisor.cli"
+    return f"{shlex.quote(sys.executable)} -m codex_bridge.cli"
 
 
 def login_command(codex_home: str, *options: str) -> str:
@@ -60,6 +61,29 @@ def login_command(codex_home: str, *options: str) -> str:
 def api_key_login_command(codex_home: str) -> str:
     """Store the key of ``$OPENAI_API_KEY`` as codex's login."""
     return f"printenv OPENAI_API_KEY | {login_command(codex_home, '--with-api-key')}"
+
+
+def not_authenticated_message(codex_home: str, unused_keys: Sequence[str] = ()) -> str:
+    """What to tell an operator (and a client) when codex has no login.
+
+    Names commands that work as written on the server (see
+    :func:`login_command`).
+    """
+    home = codex_home or "~/.codex"
+    text = (
+        f"codex is not logged in (CODEX_HOME={home}), so it cannot reach a model. "
+        f"On the server, run `{login_command(codex_home, '--device-auth')}` "
+        f"(ChatGPT sign-in, from a browser on any machine) or "
+        f"`{api_key_login_command(codex_home)}` (an API key), or configure a model "
+        f"provider in {home}/config.toml. The service notices within seconds; "
+        "no restart is needed."
+    )
+    if unused_keys:
+        text += (
+            f" An API key in the service's environment ({', '.join(unused_keys)}) is not "
+            "enough: codex app-server reads only the login stored in CODEX_HOME."
+        )
+    return text
 
 
 def add_login_command(commands: Any) -> None:

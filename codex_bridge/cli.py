@@ -20,9 +20,10 @@ from typing import Any
 
 import trio
 
+from supervisor.command_policy import SandboxUnavailable
+
 from .admin_cli import add_pool_commands, run_pool_command
 from .codex_binary import CodexBinaryNotFound, find_codex_binary
-from .command_policy import SandboxUnavailable
 from .config import ConfigError, Settings, load_settings
 from .login import add_login_command, run_login
 from .service import ListenError, child_launch, run_service

@@ -42,8 +42,7 @@ from http_front.access import (
     is_loopback_name,
     parse_cors_origins,
 )
-
-from .command_policy import SANDBOX_MODES
+from supervisor.command_policy import SANDBOX_MODES
 
 ENV_PREFIX = "CODEX_BRIDGE_"
 

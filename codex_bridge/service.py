@@ -31,16 +31,22 @@ from http_front.access import AccessPolicy
 from http_front.app import BridgeApp, FrontOptions
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
+from supervisor.child import API_KEY_VARIABLES, ChildLaunch
+from supervisor.command_policy import (
+    CommandPolicy,
+    check_sandbox,
+    child_environment,
+    link_bundled_bwrap,
+)
+from supervisor.multiplexer import TurnMultiplexer
+from supervisor.pool import Pool, PoolPolicy
+from supervisor.reaper import OrphanReaper, enable_subreaper, reap_all_orphans
+from supervisor.turn import FailureKind
 
-from .child import API_KEY_VARIABLES, ChildLaunch
 from .codex_binary import APP_SERVER_ARGS, find_codex_binary
-from .command_policy import CommandPolicy, check_sandbox, child_environment, link_bundled_bwrap
 from .config import ConfigError, Settings
-from .multiplexer import TurnMultiplexer
-from .pool import Pool, PoolPolicy
-from .reaper import OrphanReaper, enable_subreaper, reap_all_orphans
+from .login import not_authenticated_message
 from .systemd import Notifier
-from .turn import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +113,13 @@ def child_launch(settings: Settings, *, environ: Mapping[str, str] | None = None
         passed=settings.child_env,
         path_first=bin_dir,
     )
+    unused = tuple(v for v in API_KEY_VARIABLES if service_env.get(v))
     return ChildLaunch(
         argv=(str(binary), *APP_SERVER_ARGS, *policy.codex_args()),
         env=environment(),
         environment=environment,  # again at each spawn: config.toml may change
-        unused_key_variables=tuple(v for v in API_KEY_VARIABLES if service_env.get(v)),
+        unused_key_variables=unused,
+        not_logged_in=not_authenticated_message(str(codex_home), unused),
         cwd=settings.workspace_dir,
         command_policy=policy,
         client_name=settings.client_name,
