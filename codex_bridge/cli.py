@@ -24,7 +24,7 @@ from supervisor.command_policy import SandboxUnavailable
 
 from .admin_cli import add_pool_commands, run_pool_command
 from .codex_binary import CodexBinaryNotFound, find_codex_binary
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, SettingSpec, load_settings, setting_specs
 from .login import add_login_command, run_login
 from .service import ListenError, child_launch, run_service
 
@@ -80,33 +80,91 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the service",
-        description="Run the service. Every option can also be set in the TOML config file "
-        "(key = option name with underscores) or the environment (CODEX_BRIDGE_<NAME>).",
+        description="Run the service. Every setting is an option here (--pool-size), a key "
+        "of the TOML config file (pool_size) and an environment variable "
+        "(CODEX_BRIDGE_POOL_SIZE), with the same syntax; an option given wins over the "
+        "environment, which wins over the file. A true/false setting is --x or --no-x; "
+        "lists are comma-separated; an empty value unsets a setting whose default is none.",
     )
     serve.add_argument("--config", metavar="FILE", help="TOML config file (CODEX_BRIDGE_CONFIG)")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8088)")
-    serve.add_argument("--pool-size", type=int, help="warm codex children (default 2)")
-    serve.add_argument("--codex-bin", help="native codex binary (default: from node_modules)")
-    serve.add_argument("--codex-home", help="CODEX_HOME for the children (default ~/.codex)")
-    serve.add_argument("--workspace-dir", help="working directory of codex threads")
-    serve.add_argument("--default-model", help="model when a request names none")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_setting_flags(serve)
     add_login_command(commands)
     add_pool_commands(commands)
     return parser
 
 
-_SETTING_FLAGS = (
-    "host",
-    "port",
-    "pool_size",
-    "codex_bin",
-    "codex_home",
-    "workspace_dir",
-    "default_model",
-    "log_level",
-)
+def _optional_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A flag type: one of ``choices``, or empty (none)."""
+
+    def parse(raw: str) -> str:
+        if raw.strip() and raw not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {raw!r} (choose from {', '.join(choices)}, or '' for none)"
+            )
+        return raw
+
+    return parse
+
+
+def _flag_help(spec: SettingSpec) -> str:
+    text = spec.doc.rstrip(".")
+    if spec.name == "api_keys":
+        text += "; comma-separated name:key entries, or bare keys (named key-1, key-2, ...)"
+    elif spec.is_list:
+        text += "; comma-separated"
+    if spec.optional and spec.default is None:
+        text += "; '' unsets it"
+    where = [f"default: {spec.default}"] if spec.default is not None else []
+    where.append(f"env {spec.env}")
+    text += f" ({'; '.join(where)})."
+    if spec.secret:
+        text += (
+            f" Prefer {spec.env} or the config file: a command line is visible to other "
+            "users of the machine (ps)."
+        )
+    return text.replace("%", "%%")
+
+
+def _metavar(spec: SettingSpec) -> str | None:
+    if spec.choices is not None:
+        return "{" + ",".join(spec.choices) + "}"
+    if spec.name == "api_keys":
+        return "NAME:KEY,..."
+    if spec.is_list:
+        return "A,B,..."
+    if spec.kind == "float" and spec.name.endswith("_s"):
+        return "SECONDS"
+    if spec.kind in ("int", "float"):
+        return "N"
+    return None
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (:func:`~codex_bridge.config.setting_specs`).
+
+    ``--pool-size N``; ``--subreaper``/``--no-subreaper`` for a true/false
+    setting. A flag not given is None, which overrides nothing.
+    """
+    for spec in setting_specs():
+        options: dict[str, Any] = {"dest": spec.name, "default": None, "help": _flag_help(spec)}
+        if spec.kind == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["metavar"] = _metavar(spec)
+            if spec.kind == "int":
+                options["type"] = int
+            elif spec.kind == "float":
+                options["type"] = float
+            elif spec.choices is not None and spec.optional:
+                options["type"] = _optional_choice(spec.choices)
+            elif spec.choices is not None:
+                options["choices"] = spec.choices
+        parser.add_argument(spec.flag, **options)
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (None: not given)."""
+    return {spec.name: getattr(args, spec.name) for spec in setting_specs()}
 
 
 def _fail(message: str) -> int:
@@ -137,7 +195,7 @@ def configure_logging(level: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {key: getattr(args, key) for key in _SETTING_FLAGS}
+    overrides = setting_overrides(args)
     try:
         settings: Settings = load_settings(config_file=args.config, overrides=overrides)
         launch = child_launch(settings)

@@ -2,9 +2,13 @@
 
 Every setting is a field of :class:`Settings`. Its environment variable is
 ``CODEX_BRIDGE_`` + the upper-cased name (``pool_size`` →
-``CODEX_BRIDGE_POOL_SIZE``); its TOML key is the name itself, at top level.
-A bad value is refused with :class:`ConfigError`, whose message names the
-setting and where the value came from.
+``CODEX_BRIDGE_POOL_SIZE``); its TOML key is the name itself, at top level;
+its flag of ``codex-bridge serve`` is ``--`` + the name with dashes
+(``--pool-size``; ``--subreaper``/``--no-subreaper`` for a true/false one),
+taking the environment variable's syntax, help from the field's ``#:``
+comment (:func:`setting_specs`). A bad value is refused with
+:class:`ConfigError`, whose message names the setting and where the value
+came from.
 
 Two settings are structured. ``api_keys`` is, in TOML, a list of tables
 ``{name = "ci", key = "..."}`` or ``{name = "ci", sha256 = "<hex digest>"}``,
@@ -20,8 +24,12 @@ Serving beyond loopback without an API key is refused unless
 
 from __future__ import annotations
 
+import enum
+import functools
 import hmac
+import inspect
 import os
+import re
 import tomllib
 import types
 import typing
@@ -45,6 +53,10 @@ from http_front.access import (
 from supervisor.command_policy import SANDBOX_MODES
 
 ENV_PREFIX = "CODEX_BRIDGE_"
+
+#: Settings that hold secrets. They are flags too, but a command line is
+#: visible to every user of the machine (``ps``): their help says so.
+SECRET_SETTINGS = frozenset({"api_keys", "admin_token"})
 
 
 class ConfigError(Exception):
@@ -109,8 +121,11 @@ class Settings:
     """Everything the service can be told. Units are in the names."""
 
     # HTTP front
+    #: Address to bind.
     host: str = attrs.field(default="127.0.0.1", validator=_non_empty)
+    #: Port to bind.
     port: int = attrs.field(default=8088, validator=_port)
+    #: An SSE comment is sent on a stream silent this long.
     keepalive_interval_s: float = attrs.field(default=5.0, validator=_positive)
     #: reasoning_content (a separate field), think (<think> in content) or hidden
     reasoning_format: str = attrs.field(
@@ -134,6 +149,7 @@ class Settings:
     reasoning_summary: str = attrs.field(
         default="auto", validator=attrs.validators.in_(["auto", "concise", "detailed", "none"])
     )
+    #: Largest request body accepted (413 beyond it).
     max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
     #: A request body must arrive within this long (408 otherwise).
     request_body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
@@ -142,8 +158,9 @@ class Settings:
     #: A connection's request line and headers must arrive within this long
     #: (408), and an idle keep-alive connection is closed after it.
     http_keep_alive_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # (the forms they are written in: see the module docstring)
     #: Keys every model route requires (Authorization: Bearer <key>) when any is
-    #: set; held as SHA-256 digests. See the module docstring for the forms.
+    #: set; held as SHA-256 digests only.
     api_keys: tuple[ApiKey, ...] = attrs.field(default=(), converter=_api_keys)
     #: Serve a non-loopback host without api_keys (anyone who reaches the port
     #: may run turns).
@@ -153,42 +170,62 @@ class Settings:
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_cors_origins)
 
     # codex children
+    #: Warm codex children.
     pool_size: int = attrs.field(default=2, validator=_positive)
+    #: Native codex binary (default: the one in node_modules/@openai/codex-<platform>).
     codex_bin: str | None = None
+    #: CODEX_HOME of the children (default: $CODEX_HOME, else ~/.codex).
     codex_home: str = attrs.field(factory=_default_codex_home, validator=_non_empty)
+    #: Working directory of codex threads (default:
+    #: $XDG_STATE_HOME/codex-bridge/workspace, or ~/.local/state/codex-bridge/workspace).
     workspace_dir: str = attrs.field(factory=_default_workspace, validator=_non_empty)
+    #: Client name the children are given in their initialize request.
     client_name: str = attrs.field(default="codex_bridge", validator=_non_empty)
+    #: A spawned child must answer initialize within this long.
     startup_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    #: A child must answer a request (start, resume a thread ...) within this
+    #: long, or it is taken for hung.
     rpc_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    #: A stopping child gets this long after EOF on its stdin, and again after
+    #: SIGTERM, before SIGKILL.
     stop_grace_s: float = attrs.field(default=3.0, validator=_non_negative)
+    #: A slot whose child keeps failing restarts it after a delay that doubles
+    #: from restart_backoff_initial_s up to restart_backoff_max_s.
     restart_backoff_initial_s: float = attrs.field(default=0.5, validator=_positive)
+    #: The longest delay before a failing slot restarts its child.
     restart_backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
     #: This many unplanned exits of one slot's children within the window
     #: open its breaker: no restart for breaker_cooldown_s.
     crash_loop_exits: int = attrs.field(default=5, validator=_positive)
+    #: The window in which crash_loop_exits unplanned exits open a slot's breaker.
     crash_loop_window_s: float = attrs.field(default=60.0, validator=_positive)
+    #: How long an open breaker keeps its slot from restarting a child.
     breaker_cooldown_s: float = attrs.field(default=60.0, validator=_positive)
     #: How long a draining child's turns may run before they are interrupted.
     drain_timeout_s: float = attrs.field(default=300.0, validator=_positive)
-    #: Replace a child after this many turns (0: never) ...
+    #: Replace a child after this many turns (0: never).
     recycle_after_turns: int = attrs.field(default=0, validator=_non_negative)
-    #: ... or when its RSS exceeds this many MiB (0: never), checked every
-    #: monitor_interval_s. Released threads give their memory back, but a
+    #: Replace a child when its RSS exceeds this many MiB (0: never), checked
+    #: every monitor_interval_s. Released threads give their memory back, but a
     #: child still creeps (~3 KiB a turn) and keeps what bursts took.
     recycle_rss_mib: float = attrs.field(default=512.0, validator=_non_negative)
     #: A conversation's thread left idle this long is unloaded from its child
-    #: (its next turn resumes it, on any child) ...
+    #: (its next turn resumes it, on any child).
     thread_idle_release_s: float = attrs.field(default=600.0, validator=_positive)
-    #: ... and so are the least recently used beyond this many on one child.
+    #: Beyond this many threads loaded on one child, the least recently used
+    #: are unloaded too.
     max_threads_per_child: int = attrs.field(default=128, validator=_positive)
+    #: How often the children's RSS is checked (recycle_rss_mib).
     monitor_interval_s: float = attrs.field(default=10.0, validator=_positive)
     #: Every liveness_interval_s each child must answer a cheap request within
     #: liveness_timeout_s, or it is killed and replaced (a hung child).
     liveness_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    #: How long a child has to answer its liveness request.
     liveness_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     #: A child that codex says cannot reach its model (not logged in) is asked
     #: again this often, so a login made while the service runs is noticed.
     auth_recheck_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    #: Longest line a child may write; a longer one is discarded.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Adopt and reap orphans of codex's own subprocesses (Linux).
     subreaper: bool = True
@@ -211,24 +248,36 @@ class Settings:
     sandbox_deny_paths: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     # turns
+    #: Answer to codex's approval requests: decline (the turn goes on without
+    #: the action), accept, cancel (decline and end the turn), or
+    #: accept-read-only (accept commands that only read, decline the rest).
     approval_policy: ApprovalPolicy = attrs.field(
         default=ApprovalPolicy.DECLINE, converter=ApprovalPolicy
     )
+    #: An approval request of codex not answered within this long gets an error.
     approval_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    #: Model when a request names none (default: codex's).
     default_model: str | None = None
+    #: Concurrent turns per child.
     max_turns_per_child: int = attrs.field(default=16, validator=_positive)
+    #: Callers that may wait for a free child (beyond them: 429).
     queue_size: int = attrs.field(default=64, validator=_non_negative)
+    #: How long a caller may wait for a free child (then 429).
     queue_timeout_s: float = attrs.field(default=30.0, validator=_non_negative)
+    #: A turn codex leaves silent this long is stopped.
     turn_idle_timeout_s: float = attrs.field(default=600.0, validator=_positive)
+    #: A turn running this long is stopped.
     turn_timeout_s: float = attrs.field(default=3600.0, validator=_positive)
     #: A turn whose model codex only keeps retrying for this long fails.
     turn_retry_timeout_s: float = attrs.field(default=120.0, validator=_positive)
+    #: An interrupted turn is given this long to end before it is abandoned.
     interrupt_grace_s: float = attrs.field(default=5.0, validator=_positive)
     #: On SIGTERM/SIGINT, running turns may finish for this long; then they
     #: are interrupted and their clients get a terminal error.
     shutdown_grace_s: float = attrs.field(default=30.0, validator=_non_negative)
     #: codex's overload answers (-32001) retried this many times, with backoff.
     overload_retries: int = attrs.field(default=3, validator=_non_negative)
+    #: Events of a turn that may wait for its client (beyond: the client is too slow).
     turn_event_buffer: int = attrs.field(default=8192, validator=_positive)
     #: What may wait, per stream, for a client that reads slower than codex
     #: writes; beyond it the turn is stopped (the client is too slow).
@@ -240,6 +289,7 @@ class Settings:
     #: Where conversation → thread mappings live: sqlite:///PATH or redis://HOST:PORT/DB
     #: (default: a SQLite file under the state directory)
     state_url: str | None = None
+    #: Prefix of the keys the mappings are stored under.
     state_key_prefix: str = "codex-bridge:"
     #: Mappings are forgotten this long after a conversation's last turn
     state_ttl_s: float = attrs.field(default=30 * 86400.0, validator=_positive)
@@ -255,6 +305,7 @@ class Settings:
     #: Bearer token for /admin/; without one, /admin/ serves loopback clients only.
     admin_token: str | None = attrs.field(default=None, repr=_redacted)
 
+    #: Log level: debug, info, warning or error.
     log_level: str = attrs.field(
         default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"])
     )
@@ -449,6 +500,133 @@ def _parse_env_value(raw: str, hint: Any) -> Any:
     return raw
 
 
+def _parse_text(key: str, raw: str, hint: Any) -> Any:
+    """A setting's value from its text form (an environment variable's)."""
+    parse = _ENV_PARSERS.get(key)
+    return parse(raw) if parse else _parse_env_value(raw, hint)
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def flag_name(name: str) -> str:
+    """The ``serve`` flag of setting ``name``: ``pool_size`` → ``--pool-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return ENV_PREFIX + name.upper()
+
+
+@attrs.frozen(kw_only=True)
+class SettingSpec:
+    """What a command line needs to know of one setting."""
+
+    name: str
+    #: "bool", "int", "float" or "str" (also for lists and enums: their text)
+    kind: str
+    #: May be None: an empty value means None, as in the environment.
+    optional: bool
+    #: A list, written comma-separated as in the environment.
+    is_list: bool
+    #: The only values allowed, if the setting has such a list.
+    choices: tuple[str, ...] | None
+    #: The default as text, when it is a fixed value (not None, empty or computed).
+    default: str | None
+    #: The field's ``#:`` comment.
+    doc: str
+    secret: bool
+
+    @property
+    def flag(self) -> str:
+        return flag_name(self.name)
+
+    @property
+    def env(self) -> str:
+        return env_name(self.name)
+
+
+_FIELD_LINE = re.compile(r"\s+(\w+)\s*:")
+
+
+@functools.cache
+def setting_docs() -> dict[str, str]:
+    """Each setting's ``#:`` comment in the source of :class:`Settings`, one line.
+
+    Empty when the source cannot be read (then flags get no description).
+    """
+    try:
+        lines, _ = inspect.getsourcelines(Settings)
+    except (OSError, TypeError):
+        return {}
+    names = {field.name for field in attrs.fields(Settings)}
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        match = _FIELD_LINE.match(line)
+        if pending and match and match.group(1) in names:
+            docs.setdefault(match.group(1), " ".join(pending))
+        pending = []
+    return docs
+
+
+def _choices(field: attrs.Attribute[Any], hint: Any) -> tuple[str, ...] | None:
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return tuple(str(member.value) for member in hint)
+    validator = field.validator
+    validator = getattr(validator, "validator", validator)  # attrs.validators.optional
+    options = getattr(validator, "options", None)  # attrs.validators.in_
+    if isinstance(options, (tuple, list)) and all(isinstance(o, str) for o in options):
+        return tuple(options)
+    return None
+
+
+def _default_text(default: object) -> str | None:
+    if default is None or default == () or hasattr(default, "factory"):  # attrs.Factory
+        return None
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, enum.Enum):
+        return str(default.value)
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+@functools.cache
+def setting_specs() -> tuple[SettingSpec, ...]:
+    """Every setting, in the order of :class:`Settings`, described for flags."""
+    hints = _hints()
+    docs = setting_docs()
+    specs = []
+    for field in attrs.fields(Settings):
+        if field.name in _NOT_SETTINGS:
+            continue
+        hint = hints[field.name]
+        optional = _is_optional(hint)
+        if optional:
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        specs.append(
+            SettingSpec(
+                name=field.name,
+                kind=hint.__name__ if hint in (bool, int, float) else "str",
+                optional=optional,
+                is_list=field.name in _ENV_PARSERS,
+                choices=_choices(field, hint),
+                default=_default_text(field.default),
+                doc=docs.get(field.name, ""),
+                secret=field.name in SECRET_SETTINGS,
+            )
+        )
+    return tuple(specs)
+
+
 _EXPECTED: dict[Any, tuple[tuple[type, ...], str]] = {
     bool: ((bool,), "true or false"),
     int: ((int,), "an integer"),
@@ -490,8 +668,11 @@ def load_settings(
     """Build :class:`Settings` from a TOML file, the environment and overrides.
 
     ``overrides`` (from the command line) win over the environment, which wins
-    over the file. Unknown TOML keys and ``CODEX_BRIDGE_*`` variables that
-    name no setting are refused, so a typo never goes unnoticed.
+    over the file; an override of None is no override. An override of a list
+    setting may be a string in the environment's syntax, and one of a
+    setting that may be None an empty string for None (as flags give them).
+    Unknown TOML keys and ``CODEX_BRIDGE_*`` variables that name no setting
+    are refused, so a typo never goes unnoticed.
     """
     environ = os.environ if environ is None else environ
     hints = _hints()
@@ -525,8 +706,7 @@ def load_settings(
         if key not in hints or key in _NOT_SETTINGS:
             raise ConfigError(f"unknown setting in environment variable {var}")
         try:
-            parse = _ENV_PARSERS.get(key)
-            parsed = parse(raw) if parse else _parse_env_value(raw, hints[key])
+            parsed = _parse_text(key, raw, hints[key])
         except ValueError as exc:
             # from None: the traceback must not carry the secrets of api_keys
             raise ConfigError(f"invalid setting {key!r} (from {var}): {exc}") from None
@@ -536,7 +716,13 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = flag_name(key)
+        if isinstance(value, str) and (key in _ENV_PARSERS or _is_optional(hints[key])):
+            try:
+                value = _parse_text(key, value, hints[key])
+            except ValueError as exc:
+                # from None: the traceback must not carry the secrets of api_keys
+                raise ConfigError(f"invalid setting {key!r} (from {flag}): {exc}") from None
         values[key] = _structure_field(key, value, hints[key], flag)
         sources[key] = flag
 
