@@ -28,9 +28,13 @@ from hypercorn.utils import wrap_app
 
 from http_front import hypercorn_errors
 from http_front.access import AccessPolicy
-from http_front.app import BridgeApp, FrontOptions
+from http_front.app import BridgeApp
+from http_front.chat.present import ReasoningFormat
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
+from http_front.options import FrontOptions
+from http_front.response import BodyLimits
+from supervisor import Supervisor
 from supervisor.child import API_KEY_VARIABLES, ChildLaunch
 from supervisor.command_policy import (
     CommandPolicy,
@@ -41,7 +45,6 @@ from supervisor.command_policy import (
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
 from supervisor.reaper import OrphanReaper, enable_subreaper, reap_all_orphans
-from supervisor.turn import FailureKind
 
 from .codex_binary import APP_SERVER_ARGS, find_codex_binary
 from .config import ConfigError, Settings
@@ -56,6 +59,7 @@ class ServiceHandle:
     """What a started service exposes to its starter (tests, the CLI)."""
 
     url: str
+    supervisor: Supervisor
     pool: Pool
     multiplexer: TurnMultiplexer
     _shutdown: trio.Event
@@ -129,6 +133,20 @@ def child_launch(settings: Settings, *, environ: Mapping[str, str] | None = None
         max_line_bytes=settings.max_line_bytes,
         approval_policy=settings.approval_policy,
         approval_timeout_s=settings.approval_timeout_s,
+    )
+
+
+def front_options(settings: Settings) -> FrontOptions:
+    """How the front doors render, from the settings."""
+    return FrontOptions(
+        reasoning_format=ReasoningFormat(settings.reasoning_format),
+        status_events=settings.status_events,
+        command_output_lines=settings.command_output_lines,
+        default_reasoning_effort=settings.default_reasoning_effort,
+        reasoning_summary=None
+        if settings.reasoning_summary == "none"
+        else settings.reasoning_summary,
+        keepalive_interval_s=settings.keepalive_interval_s,
     )
 
 
@@ -211,13 +229,12 @@ async def run_service(
         wait_timeout_s=settings.queue_timeout_s,
         task_model=settings.task_model,
     )
+    supervisor = Supervisor(pool, multiplexer)
     app = BridgeApp(
-        multiplexer,
+        supervisor,
         conversations=conversations,
-        options=FrontOptions.from_settings(settings),
-        keepalive_interval_s=settings.keepalive_interval_s,
-        max_request_body_bytes=settings.max_request_body_bytes,
-        request_body_timeout_s=settings.request_body_timeout_s,
+        options=front_options(settings),
+        body_limits=BodyLimits(settings.max_request_body_bytes, settings.request_body_timeout_s),
         max_header_bytes=settings.http_max_header_bytes,
         admin_token=settings.admin_token,
         access=AccessPolicy.build(
@@ -239,7 +256,7 @@ async def run_service(
     config.errorlog = logging.getLogger("codex_bridge.http")
     shutdown_requested = trio.Event()
     stop_server = trio.Event()
-    handle = ServiceHandle("", pool, multiplexer, shutdown_requested)
+    handle = ServiceHandle("", supervisor, pool, multiplexer, shutdown_requested)
     # Bound before any child starts, so that a port in use fails at once;
     # connections are refused until the pool is up and the sockets listen.
     bound = _bound(settings.host, settings.port)
@@ -250,16 +267,16 @@ async def run_service(
             nursery.start_soon(_handle_signals, handle, notifier)
         if reaping:
             nursery.start_soon(OrphanReaper().run)
-        await nursery.start(pool.run)
-        await nursery.start(multiplexer.run)
-        if pool.auth_problem is None:
-            log.info("pool up: %d of %d children ready", len(pool.usable_children), pool.size)
+        await nursery.start(supervisor.run)
+        health = supervisor.health()
+        if supervisor.auth_problem is None:
+            log.info("pool up: %d of %d children ready", health.children_ready, health.children)
         else:
             log.warning(
                 "pool up: %d of %d children running, none can reach a model: "
                 "not ready until codex is logged in",
-                len(pool.usable_children),
-                pool.size,
+                health.children_ready,
+                health.children,
             )
         listen(sockets, config.backlog, settings.client_stall_timeout_s)
         async with trio.open_nursery() as server:
@@ -276,12 +293,14 @@ async def run_service(
             )
             handle.url = binds[0]
             log.info("serving on %s", handle.url)
-            notifier.ready(status_line(multiplexer))
-            nursery.start_soon(_report_to_systemd, multiplexer, notifier)
+            notifier.ready(supervisor.status_line())
+            nursery.start_soon(_report_to_systemd, supervisor, notifier)
             task_status.started(handle)
             await shutdown_requested.wait()
             notifier.stopping("stopping: finishing running turns")
-            await _finish_turns(multiplexer, settings)
+            await supervisor.shutdown(
+                grace_s=settings.shutdown_grace_s, interrupt_grace_s=settings.interrupt_grace_s
+            )
             stop_server.set()
         # Hypercorn has returned. Cancelling the pool stops and reaps every child.
         log.info("HTTP server stopped; stopping the pool")
@@ -382,41 +401,7 @@ async def _check_commands_are_confined(settings: Settings, launch: ChildLaunch) 
         await check_dir.rmdir()
 
 
-def status_line(mux: TurnMultiplexer) -> str:
-    """One line for systemd's STATUS=."""
-    pool = mux.pool
-    line = (
-        f"{len(pool.usable_children)}/{pool.size} children ready, "
-        f"{mux.active_turns} turns running, {mux.queued} queued"
-    )
-    if pool.rolling_restart_running:
-        line += ", rolling restart"
-    if not mux.accepting:
-        line += ", shutting down"
-    return line
-
-
-async def _finish_turns(mux: TurnMultiplexer, settings: Settings) -> None:
-    """Refuse new turns, let running ones finish (bounded), stop the rest."""
-    mux.accepting = False
-    pool = mux.pool
-    log.info("shutting down: %d turns running", mux.active_turns)
-    with trio.move_on_after(settings.shutdown_grace_s):
-        while mux.active_turns:
-            await pool.wait_changed()
-    if mux.active_turns:
-        log.warning("shutting down: interrupting %d turns", mux.active_turns)
-        for child in pool.children:
-            for turn in list(child.turns):
-                turn.fail(
-                    FailureKind.SHUTDOWN, "the service is shutting down; the turn was stopped"
-                )
-        with trio.move_on_after(settings.interrupt_grace_s + 1.0):
-            while mux.active_turns:
-                await pool.wait_changed()
-
-
-async def _report_to_systemd(mux: TurnMultiplexer, notifier: Notifier) -> None:
+async def _report_to_systemd(supervisor: Supervisor, notifier: Notifier) -> None:
     """STATUS= on every change (at most once a second), WATCHDOG=1 while healthy.
 
     Healthy: the loop runs this task on time, and the pool is not stuck with
@@ -429,14 +414,14 @@ async def _report_to_systemd(mux: TurnMultiplexer, notifier: Notifier) -> None:
     next_ping = trio.current_time()
     while True:
         with trio.move_on_at(next_ping):
-            await mux.pool.wait_changed()
+            await supervisor.wait_changed()
             await trio.sleep(1.0)  # coalesce bursts of changes
-        line = status_line(mux)
+        line = supervisor.status_line()
         if line != last_status:
             notifier.status(line)
             last_status = line
         if trio.current_time() >= next_ping:
-            if notifier.watchdog_interval_s is not None and mux.pool.healthy:
+            if notifier.watchdog_interval_s is not None and supervisor.healthy:
                 notifier.watchdog()
             next_ping = trio.current_time() + interval
 
@@ -446,7 +431,7 @@ async def _handle_signals(handle: ServiceHandle, notifier: Notifier) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                started = handle.pool.start_rolling_restart()
+                started = handle.supervisor.start_rolling_restart()
                 log.info("received SIGHUP: %s", "rolling restart" if started else "already running")
                 continue
             log.info("received %s: shutting down", name)

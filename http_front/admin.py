@@ -19,38 +19,23 @@ of origins not allowed are refused before this app is reached (see
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from supervisor.multiplexer import TurnMultiplexer
-from supervisor.pool import Pool, UnknownChild
+from supervisor import ChildRef, Supervisor, UnknownChild
 
 from .access import client_is_loopback, require_loopback_host
-from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
+from .response import Exchange
 
 
-def pool_status(mux: TurnMultiplexer) -> dict[str, Any]:
-    status = mux.pool.status()
-    status.update(
-        accepting=mux.accepting,
-        active_turns=mux.active_turns,
-        queued=mux.queued,
-        max_turns_per_child=mux.max_turns_per_child,
-    )
-    return status
-
-
-class AdminApp:
-    def __init__(self, multiplexer: TurnMultiplexer, *, token: str | None = None) -> None:
-        self.mux = multiplexer
+class AdminRoutes:
+    def __init__(self, supervisor: Supervisor, *, token: str | None = None) -> None:
+        self.supervisor = supervisor
         self.token = token
 
-    @property
-    def pool(self) -> Pool:
-        return self.mux.pool
-
-    def _authorize(self, scope: Scope) -> None:
+    def _authorize(self, exchange: Exchange) -> None:
+        scope = exchange.scope
         if self.token is None:
             if not client_is_loopback(scope):
                 raise ApiError(
@@ -64,7 +49,7 @@ class AdminApp:
             )
             return
         supplied = b""
-        for name, value in scope.get("headers", []):
+        for name, value in exchange.headers:
             if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
                 supplied = value[7:].strip()
         if not hmac.compare_digest(supplied, self.token.encode()):
@@ -75,17 +60,17 @@ class AdminApp:
                 code="invalid_admin_token",
             )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._authorize(scope)
-        method, parts = scope["method"], scope["path"].strip("/").split("/")[1:]
-        handler = self._route(method, parts)
-        await handler(send)
+    async def __call__(self, exchange: Exchange) -> None:
+        self._authorize(exchange)
+        method, parts = exchange.scope["method"], exchange.path.strip("/").split("/")[1:]
+        status, body = self._route(method, parts)()
+        await exchange.answer_json(status, body)
 
-    def _route(self, method: str, parts: list[str]) -> Callable[[Send], Awaitable[None]]:
+    def _route(self, method: str, parts: list[str]) -> Callable[[], tuple[int, dict[str, Any]]]:
         if parts == ["pool"]:
             if method != "GET":
                 raise ApiError(405, f"method {method} is not allowed on /admin/pool")
-            return self._status
+            return lambda: (200, self.supervisor.status())
         if method != "POST":
             if parts[:1] in (["pool"], ["children"]):
                 raise ApiError(405, f"method {method} is not allowed here; use POST")
@@ -100,46 +85,39 @@ class AdminApp:
                 return action
         if len(parts) == 3 and parts[0] == "children":
             name, verb = parts[1], parts[2]
-            if verb in ("restart", "drain", "undrain"):
-                return lambda send: self._child_action(send, name, verb)
+            act = {
+                "restart": (self.supervisor.restart_child, 202),
+                "drain": (self.supervisor.drain_child, 200),
+                "undrain": (self.supervisor.undrain_child, 200),
+            }.get(verb)
+            if act is not None:
+                return lambda: self._child_action(name, *act)
         raise ApiError(404, "no such admin endpoint", code="unknown_url")
 
-    async def _status(self, send: Send) -> None:
-        await send_json(send, 200, pool_status(self.mux))
-
-    async def _rolling_restart(self, send: Send) -> None:
-        started = self.pool.start_rolling_restart()
-        body = pool_status(self.mux)
+    def _rolling_restart(self) -> tuple[int, dict[str, Any]]:
+        started = self.supervisor.start_rolling_restart()
+        body = self.supervisor.status()
         body["started"] = started
         if not started:
             body["message"] = "a rolling restart is already running"
-        await send_json(send, 202 if started else 409, body)
+        return (202 if started else 409), body
 
-    async def _drain_pool(self, send: Send) -> None:
-        self.pool.paused = True
-        self.pool.notify_load_changed()
-        await send_json(send, 200, pool_status(self.mux))
+    def _drain_pool(self) -> tuple[int, dict[str, Any]]:
+        self.supervisor.pause()
+        return 200, self.supervisor.status()
 
-    async def _undrain_pool(self, send: Send) -> None:
-        self.pool.paused = False
-        self.pool.notify_load_changed()
-        await send_json(send, 200, pool_status(self.mux))
+    def _undrain_pool(self) -> tuple[int, dict[str, Any]]:
+        self.supervisor.resume()
+        return 200, self.supervisor.status()
 
-    async def _child_action(self, send: Send, name: str, verb: str) -> None:
+    def _child_action(
+        self, name: str, action: Callable[[str], ChildRef], status: int
+    ) -> tuple[int, dict[str, Any]]:
         try:
-            child = self.pool.find(name)
+            child = action(name)
         except UnknownChild as exc:
             raise ApiError(404, str(exc), code="unknown_child") from exc
-        if verb == "restart":
-            self.pool.restart(child, "restarted by an operator")
-            status = 202
-        elif verb == "drain":
-            self.pool.drain(child)
-            status = 200
-        else:
-            self.pool.undrain(child)
-            status = 200
-        body = pool_status(self.mux)
+        body = self.supervisor.status()
         body["child"] = child.name
-        body["slot"] = self.pool.slot_of(child).index
-        await send_json(send, status, body)
+        body["slot"] = child.slot
+        return status, body

@@ -28,9 +28,10 @@ from bridge.peer import JsonRpcPeer, PeerClosed, RpcCallError, Tap
 from bridge.protocol import ClientInfo, ModelInfo
 
 from .command_policy import CommandPolicy
+from .outcome import FailureKind
 from .process import SupervisedProcess, start_supervised
 from .reaper import MANAGED_PIDS, descendants, kill_descendants
-from .turn import FailureKind, Turn
+from .turn import Turn
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,32 @@
 """Turn multiplexer: from a turn request to a running turn on some child.
 
-It picks the least busy usable child, bounds concurrency per child, queues
-callers fairly (FIFO) up to a bound and a deadline, starts a fresh thread,
-replays history into it, starts the turn and routes the thread's
-notifications to the :class:`~supervisor.turn.Turn`. Leaving the turn's
-context before codex finished it (client gone, error, cancellation) sends
-``turn/interrupt`` and waits, bounded, for codex to confirm.
+:class:`TurnMultiplexer` composes the parts: admission
+(:mod:`.admission`: a slot on the least busy usable child, or a fair wait
+for one), thread ownership (:mod:`.threads`: which child a thread's turns
+go to, one at a time, and releasing threads nobody needs loaded), the model
+catalog (:mod:`.catalog`) and killing an interrupted turn's leftover
+commands (:mod:`.commands`).
+
+What it does itself is a turn's set-up and finish. Set-up: open the thread
+(start a fresh one, resume or roll back an existing one), replay history
+into it, start the turn and route the thread's notifications to the
+:class:`~supervisor.turn.Turn` — on another child when one dies or hangs
+meanwhile, and with backoff when codex is overloaded. Finish: leaving the
+turn's context before codex finished it (client gone, error, cancellation)
+sends ``turn/interrupt`` and waits, bounded, for codex to confirm.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import math
-import os
-import shlex
-import signal
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 import trio
 
-from bridge.messages import Notification
 from bridge.peer import PeerClosed, RpcCallError
 from bridge.protocol import (
     InjectItemsParams,
@@ -39,72 +40,27 @@ from bridge.protocol import (
     TurnStartParams,
 )
 
+from .admission import Admission
+from .catalog import ModelCatalog
 from .child import Child, ChildState
-from .keyed_locks import KeyedLocks
+from .commands import stop_commands
+from .outcome import (
+    CodexRejected,
+    FailureKind,
+    InputTooLarge,
+    NoChildAvailable,
+    NotAuthenticated,
+    Overloaded,
+    ShuttingDown,
+    ThreadUnavailable,
+    TurnRefused,
+)
 from .pool import Pool
-from .reaper import descendants, process_table
-from .turn import FailureKind, Turn, TurnRequest
+from .threads import ThreadOwnership
+from .turn import Turn, TurnRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class TurnRefused(Exception):
-    """No turn was started; nothing reached codex's model.
-
-    ``status`` is the HTTP status the front should answer with.
-    """
-
-    status = 503
-    code = "service_unavailable"
-    retry_after_s: float | None = None
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Overloaded(TurnRefused):
-    status = 429
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class NoChildAvailable(TurnRefused):
-    code = "no_codex_available"
-
-    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class NotAuthenticated(TurnRefused):
-    code = "codex_not_authenticated"
-
-
-class CodexRejected(TurnRefused):
-    """codex answered a request of the turn's setup with an error."""
-
-    status = 502
-    code = "codex_error"
-
-
-class InputTooLarge(TurnRefused):
-    """codex refused the turn's input as too long (the front checks first;
-    this is codex's own word on it)."""
-
-    status = 400
-    code = "string_above_max_length"
-
-
-class ThreadUnavailable(TurnRefused):
-    """The requested thread could not be resumed (codex does not know it)."""
-
-    status = 409
-    code = "thread_unavailable"
 
 
 #: JSON-RPC error code codex uses when it is overloaded.
@@ -114,15 +70,17 @@ OVERLOADED = -32001
 class TurnMultiplexer:
     """Hands out turns on the children of ``pool``.
 
-    Limits: ``max_turns_per_child`` running turns per child; beyond that up
-    to ``queue_size`` callers wait, first come first served, for at most
-    ``queue_timeout_s``; past either bound :class:`Overloaded` is raised
-    (HTTP 429 with Retry-After).
+    Limits (:class:`~supervisor.admission.Admission`): ``max_turns_per_child``
+    running turns per child; beyond that up to ``queue_size`` callers wait,
+    first come first served, for at most ``queue_timeout_s``; past either
+    bound :class:`Overloaded` is raised (with a retry-after hint).
 
-    Threads: a non-ephemeral thread is owned by the child that created or
-    resumed it (codex refuses a second writer). Turns on it go to the owner;
-    when the owner is gone the thread is resumed on another child; turns on
-    one thread are serialized.
+    Threads (:class:`~supervisor.threads.ThreadOwnership`): a non-ephemeral
+    thread is owned by the child that created or resumed it (codex refuses a
+    second writer). Turns on it go to the owner; when the owner is gone the
+    thread is resumed on another child; turns on one thread are serialized.
+    :meth:`run` releases threads idle for ``thread_idle_release_s`` or beyond
+    ``max_threads_per_child`` on a child.
     """
 
     def __init__(
@@ -147,9 +105,6 @@ class TurnMultiplexer:
         max_threads_per_child: int = 128,
     ) -> None:
         self.pool = pool
-        self.max_turns_per_child = max_turns_per_child
-        self.queue_size = queue_size
-        self.queue_timeout_s = queue_timeout_s
         self.rpc_timeout_s = rpc_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.turn_event_buffer = turn_event_buffer
@@ -161,186 +116,50 @@ class TurnMultiplexer:
         self.overload_backoff_s = overload_backoff_s
         self.workspace_dir = workspace_dir
         self.default_model = default_model
-        self.thread_idle_release_s = thread_idle_release_s
-        self.max_threads_per_child = max_threads_per_child
-        self._waiters: collections.deque[object] = collections.deque()
-        self._owners: dict[str, Child] = {}
-        #: When each owned thread last ended a turn (for releasing idle ones).
-        self._last_used: dict[str, float] = {}
-        self._sweep_soon = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        #: An owned thread's token total after its last turn: the next turn's
-        #: baseline (codex reports running totals of the whole thread).
-        self._thread_totals: dict[str, TokenCounts] = {}
-        self._threads = KeyedLocks()  # one turn at a time per thread
-        self._models: list[ModelInfo] | None = None
-        self._models_at = -math.inf
         self.accepting = True
+        self._admission = Admission(
+            pool,
+            max_turns_per_child=max_turns_per_child,
+            queue_size=queue_size,
+            queue_timeout_s=queue_timeout_s,
+        )
+        self._threads = ThreadOwnership(
+            pool,
+            rpc_timeout_s=rpc_timeout_s,
+            idle_release_s=thread_idle_release_s,
+            max_per_child=max_threads_per_child,
+        )
+        self._catalog = ModelCatalog(pool)
+        #: Where turns failed for a slow consumer are interrupted (see run).
+        self._nursery: trio.Nursery | None = None
 
-    # -- admission -----------------------------------------------------------
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def max_turns_per_child(self) -> int:
+        return self._admission.max_turns_per_child
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return self._admission.queued
 
     @property
     def active_turns(self) -> int:
-        return sum(child.load for child in self.pool.children)
+        return self._admission.active_turns
 
     @staticmethod
     def load(child: Child) -> int:
         return child.load
 
     def owner(self, thread_id: str) -> Child | None:
-        return self._owners.get(thread_id)
+        return self._threads.owner(thread_id)
 
-    def _pick(self, only: Child | None) -> Child | None:
-        candidates = self.pool.usable_children if only is None else [only]
-        best: Child | None = None
-        # A child that has left a request unanswered this long is probably
-        # hung: no new turn for it while the liveness watch decides.
-        suspect_after = self.pool.policy.liveness_timeout_s / 2
-        for child in candidates:
-            if not child.usable or child.load >= self.max_turns_per_child:
-                continue
-            if only is None and child.unanswered_for() > suspect_after:
-                continue
-            if best is None or child.load < best.load:
-                best = child
-        return best
+    async def models(self, *, max_age_s: float = 60.0) -> list[ModelInfo]:
+        """codex's model catalog, see :meth:`ModelCatalog.models
+        <supervisor.catalog.ModelCatalog.models>`."""
+        return await self._catalog.models(max_age_s=max_age_s)
 
-    async def _acquire(self, only: Child | None = None) -> Child:
-        """A child with room for one more turn (``only`` that one), FIFO."""
-        if self.pool.paused:
-            raise NoChildAvailable(self.pool.unavailable_reason())
-        child = self._pick(only) if not self._waiters else None
-        if child is not None:
-            child.load += 1
-            return child
-        if len(self._waiters) >= self.queue_size:
-            raise Overloaded(
-                "all codex workers are busy and the queue is full; retry shortly",
-                retry_after_s=1.0,
-            )
-        ticket = object()
-        self._waiters.append(ticket)
-        try:
-            with trio.move_on_after(self.queue_timeout_s):
-                while True:
-                    if self._waiters[0] is ticket:
-                        child = self._pick(only)
-                        if child is not None:
-                            child.load += 1
-                            return child
-                    await self.pool.wait_changed()
-        finally:
-            self._waiters.remove(ticket)
-            # The next in line may be able to go now.
-            self.pool.notify_load_changed()
-        if not self.pool.live:
-            raise NoChildAvailable(self.pool.unavailable_reason())
-        raise Overloaded(
-            f"all codex workers stayed busy for {self.queue_timeout_s:g}s; retry shortly",
-            retry_after_s=max(1.0, self.queue_timeout_s / 10),
-        )
-
-    def _release(self, child: Child) -> None:
-        child.load -= 1
-        self.pool.notify_load_changed()
-
-    async def _acquire_for(self, thread_id: str | None) -> tuple[Child, bool]:
-        """The child to run on, and whether the thread must be resumed there."""
-        if thread_id is None:
-            return await self._acquire(), False
-        owner = self._owners.get(thread_id)
-        if (
-            owner is not None
-            and not owner.usable
-            and owner.state is not ChildState.STOPPED
-            and await self._release_held(thread_id)
-        ):
-            # Its owner is draining (or being replaced): let go of the thread
-            # there, and resume it on a child that takes turns.
-            owner = None
-        if owner is not None and owner.stopping:
-            # Its owner could not let go of it (it is dying, or hung); codex
-            # frees the thread when the process exits.
-            with trio.move_on_after(self.queue_timeout_s):
-                while not is_stopped(owner):
-                    await self.pool.wait_changed()
-        if owner is not None and is_stopped(owner):
-            self._disown(thread_id)
-            owner = None
-        if owner is None:
-            return await self._acquire(), True
-        return await self._acquire(owner), False
-
-    def _disown(self, thread_id: str) -> None:
-        owner = self._owners.pop(thread_id, None)
-        if owner is not None:
-            owner.threads.discard(thread_id)
-            self.pool.notify_load_changed()  # what a child holds is part of its state
-        self._thread_totals.pop(thread_id, None)
-        self._last_used.pop(thread_id, None)
-
-    # -- releasing threads -----------------------------------------------------------
-    #
-    # A loaded thread costs its child about 1 MiB, for as long as it is
-    # loaded. Children are started with ``thread_unload_delay_secs = 0``, so
-    # ``thread/unsubscribe`` unloads a thread at once (``thread/closed``), and
-    # frees codex's lock on it: any child can then resume it.
-
-    async def _unsubscribe(self, child: Child, thread_id: str, *, wait_closed: bool) -> bool:
-        """Release ``thread_id`` on ``child``; True once codex let go of it.
-
-        With ``wait_closed`` (a thread that will be resumed, maybe elsewhere)
-        this waits for ``thread/closed``: a resume before it is refused.
-        """
-        if child.state in (ChildState.STOPPING, ChildState.STOPPED):
-            return False
-        peer = child.client.peer
-        closed = trio.Event()
-
-        def on_notification(notification: Notification) -> None:
-            if notification.method == "thread/closed":
-                closed.set()
-
-        timeout = min(self.rpc_timeout_s, self.pool.policy.liveness_timeout_s)
-        if wait_closed:
-            peer.add_route(thread_id, on_notification)
-        try:
-            with trio.move_on_after(timeout) as deadline:
-                status = await child.client.thread_unsubscribe(thread_id)
-                if wait_closed and status == "unsubscribed":
-                    await closed.wait()
-            if deadline.cancelled_caught:
-                log.warning("%s: thread %s was not released in time", child.name, thread_id)
-                return False
-        except (PeerClosed, RpcCallError) as exc:
-            log.info("%s: cannot release thread %s: %s", child.name, thread_id, exc)
-            return False
-        finally:
-            if wait_closed:
-                peer.remove_route(thread_id, on_notification)
-        return True
-
-    async def release_thread(self, thread_id: str) -> bool:
-        """Unload an owned thread that has no turn running; its next turn
-        resumes it on whichever child has room. False if it could not be
-        released now (a turn holds it, or its child does not answer)."""
-        if self._threads.locked(thread_id):
-            return False
-        async with self._threads.hold(thread_id):
-            return await self._release_held(thread_id)
-
-    async def _release_held(self, thread_id: str) -> bool:
-        owner = self._owners.get(thread_id)
-        if owner is None:
-            return True
-        if await self._unsubscribe(owner, thread_id, wait_closed=True):
-            self._disown(thread_id)
-            return True
-        return False
+    # -- background work and releasing threads ---------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The multiplexer's own background work, until cancelled.
@@ -351,87 +170,20 @@ class TurnMultiplexer:
         interrupts, at once, turns failed for a consumer too slow to take
         their events (that consumer may be stuck writing to its client).
         """
-        interval = min(60.0, self.thread_idle_release_s / 4)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            while True:
-                with trio.move_on_after(interval):
-                    await self._sweep_soon.wait()
-                self._sweep_soon = trio.Event()
-                await self._sweep()
+            await self._threads.keep_released()
+
+    async def release_thread(self, thread_id: str) -> bool:
+        """Unload an owned thread that has no turn running; its next turn
+        resumes it on whichever child has room. False if it could not be
+        released now (a turn holds it, or its child does not answer)."""
+        return await self._threads.release(thread_id)
 
     async def _sweep(self) -> None:
-        now = trio.current_time()
-        doomed: list[str] = []
-        per_child: dict[Child, list[str]] = {}
-        for thread_id, owner in list(self._owners.items()):
-            if owner.state is ChildState.STOPPED:
-                self._disown(thread_id)  # gone with its child; resumed elsewhere when used
-            elif now - self._last_used.get(thread_id, now) >= self.thread_idle_release_s:
-                doomed.append(thread_id)
-            else:
-                per_child.setdefault(owner, []).append(thread_id)
-        for threads in per_child.values():
-            extra = len(threads) - self.max_threads_per_child
-            if extra > 0:
-                threads.sort(key=lambda t: self._last_used.get(t, now))
-                doomed.extend(threads[:extra])
-        for thread_id in doomed:
-            await self.release_thread(thread_id)
-
-    @asynccontextmanager
-    async def _thread_gate(self, thread_id: str | None) -> AsyncIterator[None]:
-        """A second turn/start on a busy thread would steer the first."""
-        if thread_id is None:
-            yield
-            return
-        async with self._threads.hold(thread_id):
-            yield
-
-    # -- models ----------------------------------------------------------------
-
-    async def models(self, *, max_age_s: float = 60.0) -> list[ModelInfo]:
-        """codex's model catalog (``model/list``), cached for ``max_age_s``.
-
-        Every child lists the catalog when it starts, so this normally costs
-        no request at all. When the cache is older than ``max_age_s`` the
-        usable children are asked in turn, each with a short deadline; one
-        that does not answer is skipped (the liveness check deals with it),
-        and the last known catalog is served if none answers.
-        """
-        now = trio.current_time()
-        for child in self.pool.usable_children:
-            # A child lists the catalog at start; a newer child's catalog wins
-            # at once (one replaced to load a changed config, say).
-            if child.models is not None and (
-                child.models_at is not None and child.models_at > self._models_at
-            ):
-                self._remember_models(list(child.models), child.models_at)
-        if self._models is not None and now - self._models_at < max_age_s:
-            return self._models
-        failures = []
-        for child in sorted(self.pool.usable_children, key=lambda c: c.load):
-            try:
-                models = await child.client.model_list(
-                    timeout_s=self.pool.policy.liveness_timeout_s
-                )
-            except trio.TooSlowError:
-                failures.append(f"{child.name}: no answer in time")
-            except (PeerClosed, RpcCallError) as exc:
-                failures.append(f"{child.name}: {exc}")
-            else:
-                self._remember_models(models, trio.current_time())
-                return models
-        if self._models is not None:
-            return self._models
-        if failures:
-            raise NoChildAvailable("cannot list codex models: " + "; ".join(failures))
-        raise NoChildAvailable(self.pool.unavailable_reason())
-
-    def _remember_models(self, models: list[ModelInfo], at: float) -> None:
-        self._models = models
-        self._models_at = at
+        """One pass of :meth:`run`'s thread release, now."""
+        await self._threads.sweep()
 
     # -- turns -------------------------------------------------------------------
 
@@ -449,27 +201,39 @@ class TurnMultiplexer:
         """
         if not self.accepting:
             raise ShuttingDown("the service is shutting down; retry on another instance")
-        async with self._thread_gate(request.thread_id):
+        async with self._threads.gate(request.thread_id):
             child, turn = await self._start_with_retries(request)
             try:
                 yield turn
             finally:
                 with trio.CancelScope(shield=True):
                     await self._finish(child, turn)
-                    child.turns.discard(turn)
-                    child.client.peer.remove_route(turn.thread_id, turn.on_notification)
-                    if turn.thread_id in self._owners:
-                        self._last_used[turn.thread_id] = trio.current_time()
-                        if turn.thread_total is not None:
-                            self._thread_totals[turn.thread_id] = turn.thread_total
-                        if len(child.threads) > self.max_threads_per_child:
-                            self._sweep_soon.set()
-                    elif turn.wait_codex_finished_nowait():
-                        # A one-off thread: nothing will use it again.
-                        await self._unsubscribe(child, turn.thread_id, wait_closed=False)
+                    if self._threads.owner(turn.thread_id) is not None:
+                        self._threads.turn_ended(child, turn.thread_id, turn.thread_total)
+                    await self._detach(child, turn, unsubscribe=turn.wait_codex_finished_nowait())
                     child.turns_served += 1
-                    self._release(child)
+                    self._admission.release(child)
                     self.pool.turn_finished(child)
+
+    async def _detach(self, child: Child, turn: Turn, *, unsubscribe: bool) -> None:
+        """The turn no longer runs on ``child``. With ``unsubscribe``, a
+        one-off thread (one no child owns) is unsubscribed there, shielded:
+        no turn will use it again."""
+        child.turns.discard(turn)
+        child.client.peer.remove_route(turn.thread_id, turn.on_notification)
+        if unsubscribe and self._threads.owner(turn.thread_id) is None:
+            with trio.CancelScope(shield=True):
+                await self._threads.unsubscribe(child, turn.thread_id, wait_closed=False)
+
+    async def _acquire_for(self, thread_id: str | None) -> tuple[Child, bool]:
+        """The child to run on (a slot taken on it), and whether the thread
+        must be resumed there."""
+        if thread_id is None:
+            return await self._admission.acquire(), False
+        owner = await self._threads.settle_owner(thread_id, wait_s=self._admission.queue_timeout_s)
+        if owner is None:
+            return await self._admission.acquire(), True
+        return await self._admission.acquire(owner), False
 
     async def _start_with_retries(self, request: TurnRequest) -> tuple[Child, Turn]:
         child_deaths = 0
@@ -479,7 +243,7 @@ class TurnMultiplexer:
             try:
                 return child, await self._start(child, request, resume=resume)
             except (PeerClosed, _ChildHung) as exc:
-                self._release(child)
+                self._admission.release(child)
                 if isinstance(exc, _ChildHung):
                     self.pool.kill(child, str(exc))
                 child_deaths += 1
@@ -487,7 +251,7 @@ class TurnMultiplexer:
                     raise NoChildAvailable(f"codex app-server went away: {exc}") from exc
                 log.warning("%s went away while starting a turn; trying another child", child.name)
             except _CodexOverloaded as exc:
-                self._release(child)
+                self._admission.release(child)
                 overloads += 1
                 if overloads > self.overload_retries:
                     raise Overloaded(
@@ -497,16 +261,31 @@ class TurnMultiplexer:
                 log.info("%s is overloaded (%s); retrying in %.2fs", child.name, exc, delay)
                 await trio.sleep(delay)
             except BaseException:
-                self._release(child)
+                self._admission.release(child)
                 raise
 
-    async def _call(self, child: Child, what: str, call: Awaitable[T]) -> T:
-        """Await one codex call of a turn's set-up, mapping its failures."""
+    async def _call(
+        self,
+        what: str,
+        call: Awaitable[T],
+        refused: Callable[[RpcCallError], TurnRefused] | None = None,
+        *,
+        retry_overloaded: bool = True,
+    ) -> T:
+        """Await one codex call of a turn's set-up, mapping its failures.
+
+        An error answer: codex overloaded is retried (with
+        ``retry_overloaded``); others are refused as ``refused(error)``, by
+        default :class:`CodexRejected` (or :class:`InputTooLarge`). No answer
+        in time: the child is taken for hung.
+        """
         try:
             return await call
         except RpcCallError as exc:
-            if exc.code == OVERLOADED:
+            if retry_overloaded and exc.code == OVERLOADED:
                 raise _CodexOverloaded(exc.message) from exc
+            if refused is not None:
+                raise refused(exc) from exc
             if isinstance(exc.data, dict) and exc.data.get("input_error_code") == "input_too_large":
                 raise InputTooLarge(exc.message) from exc
             raise CodexRejected(f"codex refused to {what}: {exc.message}") from exc
@@ -520,24 +299,19 @@ class TurnMultiplexer:
         client = child.client
         timeout = self.rpc_timeout_s
         if request.thread_id is not None and resume:
-            try:
-                resumed = await client.thread_resume(
-                    ThreadResumeParams(request.thread_id, exclude_turns=True), timeout_s=timeout
-                )
-            except RpcCallError as exc:
-                if exc.code == OVERLOADED:
-                    raise _CodexOverloaded(exc.message) from exc
-                raise ThreadUnavailable(
-                    f"thread {request.thread_id} cannot be resumed: {exc.message}"
-                ) from exc
-            except trio.TooSlowError as exc:
-                raise _ChildHung(f"did not resume a thread within {self.rpc_timeout_s:g}s") from exc
+            wanted = request.thread_id
+            resumed = await self._call(
+                "resume a thread",
+                client.thread_resume(
+                    ThreadResumeParams(wanted, exclude_turns=True), timeout_s=timeout
+                ),
+                lambda exc: ThreadUnavailable(f"thread {wanted} cannot be resumed: {exc.message}"),
+            )
             thread_id, model = resumed.thread.id, resumed.model
         elif request.thread_id is not None:
             return request.thread_id, request.model or self.default_model or ""
         else:
             started = await self._call(
-                child,
                 "start a thread",
                 client.thread_start(
                     ThreadStartParams(
@@ -551,8 +325,7 @@ class TurnMultiplexer:
             )
             thread_id, model = started.thread.id, started.model
         if not request.ephemeral or request.thread_id is not None:
-            self._owners[thread_id] = child
-            child.threads.add(thread_id)
+            self._threads.adopt(thread_id, child)
         return thread_id, model
 
     async def _start(self, child: Child, request: TurnRequest, *, resume: bool) -> Turn:
@@ -565,17 +338,15 @@ class TurnMultiplexer:
                 raise NotAuthenticated(problem)
         thread_id, model = await self._open_thread(child, request, resume)
         if request.revert_before_turn is not None:
-            try:
-                await child.client.thread_revert(
+            await self._call(
+                "roll a thread back",
+                child.client.thread_revert(
                     ThreadRevertParams(thread_id, request.revert_before_turn),
                     timeout_s=self.rpc_timeout_s,
-                )
-            except RpcCallError as exc:
-                raise ThreadUnavailable(f"thread {thread_id} cannot be rolled back: {exc}") from exc
-            except trio.TooSlowError as exc:
-                raise _ChildHung(
-                    f"did not roll a thread back within {self.rpc_timeout_s:g}s"
-                ) from exc
+                ),
+                lambda exc: ThreadUnavailable(f"thread {thread_id} cannot be rolled back: {exc}"),
+                retry_overloaded=False,
+            )
         turn = Turn(
             thread_id=thread_id,
             child_name=child.name,
@@ -590,18 +361,16 @@ class TurnMultiplexer:
                 if request.thread_id is None
                 else None
                 if request.revert_before_turn is not None
-                else self._thread_totals.get(thread_id)
+                else self._threads.total(thread_id)
             ),
         )
         turn.on_failure = partial(self._turn_failed, child, turn)
         # Route before turn/start: codex may emit events before answering.
-        peer = child.client.peer
-        peer.add_route(thread_id, turn.on_notification)
+        child.client.peer.add_route(thread_id, turn.on_notification)
         child.turns.add(turn)
         try:
             if request.history:
                 await self._call(
-                    child,
                     "replay the history",
                     child.client.thread_inject_items(
                         InjectItemsParams(thread_id, [dict(item) for item in request.history]),
@@ -609,7 +378,6 @@ class TurnMultiplexer:
                     ),
                 )
             result = await self._call(
-                child,
                 "start the turn",
                 child.client.turn_start(
                     TurnStartParams(
@@ -623,11 +391,7 @@ class TurnMultiplexer:
                 ),
             )
         except BaseException:
-            child.turns.discard(turn)
-            peer.remove_route(thread_id, turn.on_notification)
-            if thread_id not in self._owners:  # a one-off thread no turn will use
-                with trio.CancelScope(shield=True):
-                    await self._unsubscribe(child, thread_id, wait_closed=False)
+            await self._detach(child, turn, unsubscribe=True)
             raise
         turn.turn_id = result.turn.id
         return turn
@@ -648,7 +412,8 @@ class TurnMultiplexer:
         # Whether codex confirmed or not, leaving the turn finishes the job.
 
     async def _finish(self, child: Child, turn: Turn) -> None:
-        """Interrupt an unfinished turn and wait (bounded) for codex to end it."""
+        """Interrupt an unfinished turn and wait (bounded) for codex to end
+        it; then kill what is left of its commands."""
         if turn.finished and turn.failure_kind is None:
             return  # codex ended it
         if is_stopped(child) or turn.failure_kind is FailureKind.CHILD_EXITED:
@@ -679,52 +444,8 @@ class TurnMultiplexer:
             await stop_commands(child.pid, list(turn.running_commands.values()))
 
 
-async def stop_commands(child_pid: int, commands: list[str]) -> None:
-    """Kill what is left of an interrupted turn's commands.
-
-    codex answers ``turn/interrupt`` but leaves a running command going, and
-    nobody will read its output any more. The item's ``processId`` is a pid
-    inside the sandbox's pid namespace, so the command is found by its argv
-    among the child's descendants; what is killed is the whole subtree that
-    codex started for it (the sandbox wrapper, a direct child of codex).
-    """
-    wanted = []
-    for command in commands:
-        with contextlib.suppress(ValueError):
-            wanted.append(shlex.split(command))
-    doomed = await trio.to_thread.run_sync(_command_subtrees, child_pid, wanted)
-    for pid in doomed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    if doomed:
-        log.info("killed %d leftover process(es) of an interrupted turn", len(doomed))
-
-
-def _command_subtrees(child_pid: int, argvs: list[list[str]]) -> list[int]:
-    table = process_table()
-    found: set[int] = set()
-    for pid in descendants(child_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if argv.rstrip("\0").split("\0") not in argvs:
-            continue
-        top = pid  # climb to the process codex itself started
-        while top in table and table[top].ppid != child_pid:
-            top = table[top].ppid
-        if top in table:
-            found.add(top)
-            found.update(descendants(top))
-    return sorted(found)
-
-
 def is_stopped(child: Child) -> bool:
     return child.state is ChildState.STOPPED
-
-
-class ShuttingDown(TurnRefused):
-    code = "shutting_down"
 
 
 class _CodexOverloaded(Exception):

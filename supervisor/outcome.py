@@ -52,16 +52,6 @@ class CodexError:
             return next(iter(info), None)
         return None
 
-    @property
-    def http_status(self) -> int | None:
-        """The model provider's HTTP status, when codex tells it."""
-        info = self.info
-        if not isinstance(info, dict):
-            return None
-        detail = info.get(self.kind)
-        status = detail.get("httpStatusCode") if isinstance(detail, dict) else None
-        return status if isinstance(status, int) else None
-
 
 @attrs.frozen
 class TurnOutcome:
@@ -95,16 +85,16 @@ class TurnEnded:
     outcome: TurnOutcome
 
 
-class RefusalKind(enum.StrEnum):
+class RefusalKind(enum.Enum):
     """Why no turn was started."""
 
-    OVERLOADED = "overloaded"  # every slot busy and the queue full (or waited too long)
-    NO_CHILD = "no_child"  # no child can take a turn (starting, paused, crashed)
-    NOT_AUTHENTICATED = "not_authenticated"  # codex has no login for its model
-    CODEX_REJECTED = "codex_rejected"  # codex refused a request of the turn's set-up
-    INPUT_TOO_LARGE = "input_too_large"  # codex's own limit on a turn's input
-    THREAD_UNAVAILABLE = "thread_unavailable"  # a thread that cannot be resumed or rolled back
-    SHUTTING_DOWN = "shutting_down"
+    OVERLOADED = enum.auto()  # every slot busy and the queue full (or waited too long)
+    NO_CHILD = enum.auto()  # no child can take a turn (starting, paused, crashed)
+    NOT_AUTHENTICATED = enum.auto()  # codex has no login for its model
+    CODEX_REJECTED = enum.auto()  # codex refused a request of the turn's set-up
+    INPUT_TOO_LARGE = enum.auto()  # codex's own limit on a turn's input
+    THREAD_UNAVAILABLE = enum.auto()  # a thread that cannot be resumed or rolled back
+    SHUTTING_DOWN = enum.auto()
 
 
 class TurnRefused(Exception):

@@ -44,7 +44,7 @@ import trio
 from bridge.peer import PeerClosed, RpcCallError
 
 from .child import Child, ChildLaunch, ChildStartError, ChildState, rss_mib
-from .turn import FailureKind
+from .outcome import FailureKind
 
 log = logging.getLogger(__name__)
 

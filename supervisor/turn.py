@@ -2,15 +2,15 @@
 
 A :class:`Turn` is one codex turn on one thread of one child. It owns a
 bounded channel of typed events (routed to it by ``threadId`` from the child's
-reader) and guarantees exactly one terminal :class:`~bridge.protocol.TurnCompleted`
+reader) and guarantees exactly one terminal :class:`~supervisor.outcome.TurnEnded`
 whatever happens: codex's own ``turn/completed``, the child dying, the
-consumer falling too far behind, or a deadline.
+consumer falling too far behind, or a deadline. Its
+:class:`~supervisor.outcome.TurnOutcome` says which.
 """
 
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import math
 from collections.abc import Callable
@@ -34,19 +34,9 @@ from bridge.protocol import (
     TurnStatus,
 )
 
+from .outcome import CodexError, FailureKind, TurnEnded, TurnOutcome
+
 log = logging.getLogger(__name__)
-
-
-class FailureKind(enum.StrEnum):
-    """Why the bridge (not codex) ended a turn."""
-
-    CHILD_EXITED = "child_exited"
-    IDLE_TIMEOUT = "idle_timeout"
-    TURN_TIMEOUT = "turn_timeout"
-    RETRY_TIMEOUT = "retry_timeout"
-    CONSUMER_TOO_SLOW = "consumer_too_slow"
-    CANCELLED = "cancelled"
-    SHUTDOWN = "shutdown"
 
 
 @attrs.frozen
@@ -154,7 +144,7 @@ class _DeltaRun:
 
 
 class Turn:
-    """Events of one running turn, in order, ending with one TurnCompleted.
+    """Events of one running turn, in order, ending with one TurnEnded.
 
     Created by the multiplexer; consumers use :meth:`next_event` (or async
     iteration) and never see anything after the terminal event. Leaving the
@@ -210,9 +200,11 @@ class Turn:
         self.retry_timeout_s = retry_timeout_s
         self._last_progress = trio.current_time()
         self._last_retry: TurnErrorEvent | None = None
-        self.terminal: TurnCompleted | None = None
+        self.outcome: TurnOutcome | None = None
         self._delivered_terminal = False
-        self.failure_kind: FailureKind | None = None
+        #: codex's last error that it did not retry (its turn/completed may
+        #: say less).
+        self._last_error: TurnErrorEvent | None = None
         self._codex_finished = trio.Event()
         #: The thread's token total before this turn, when known (a fresh
         #: thread: zero). codex reports running totals of the whole thread.
@@ -244,16 +236,18 @@ class Turn:
             if self.turn_id and event.turn_id and event.turn_id != self.turn_id:
                 return  # a previous turn of this thread, not ours
             self._codex_finished.set()
-            if self.terminal is None:
-                self._finish(event)
+            if self.outcome is None:
+                self._finish(self._codex_outcome(event))
             return
         if isinstance(event, ItemStarted | ItemCompleted) and event.item_type == "commandExecution":
             self._track_command(event)
         if isinstance(event, TokenUsageUpdated):
             self._count(event)
-        if self.terminal is not None:
+        if self.outcome is not None:
             return
         self._last_activity = trio.current_time()
+        if isinstance(event, TurnErrorEvent) and not event.will_retry:
+            self._last_error = event
         if isinstance(event, TurnErrorEvent) and event.will_retry:
             self._last_retry = event
             if trio.current_time() >= self._retry_deadline():
@@ -264,6 +258,24 @@ class Turn:
             self._last_progress = trio.current_time()
             self._last_retry = None
         self._push(event)
+
+    def _codex_outcome(self, event: TurnCompleted) -> TurnOutcome:
+        """The outcome codex reported; its error detail may have come before,
+        in an ``error`` notification it did not retry."""
+        last = self._last_error
+        message = event.error_message or (last.message if last is not None else None)
+        info = event.codex_error_info
+        if info is None and last is not None:
+            info = last.codex_error_info
+        error = None
+        if event.status is TurnStatus.FAILED or info is not None:
+            error = CodexError(message or "the turn failed", info)
+        return TurnOutcome(event.status, None, message, error)
+
+    @property
+    def failure_kind(self) -> FailureKind | None:
+        """Why the supervisor ended the turn (None: codex did, or not yet)."""
+        return self.outcome.failure if self.outcome is not None else None
 
     def _count(self, event: TokenUsageUpdated) -> None:
         if self._first_usage is None:
@@ -344,16 +356,15 @@ class Turn:
         """End the turn from the bridge's side (idempotent); ``on_failure``
         hears of it (the multiplexer stops codex without waiting for a
         consumer that may be stuck)."""
-        if self.terminal is None:
-            self.failure_kind = kind
-            self._finish(TurnCompleted(self.turn_id, TurnStatus.FAILED, message, kind.value))
+        if self.outcome is None:
+            self._finish(TurnOutcome(TurnStatus.FAILED, kind, message))
             if self.on_failure is not None:
                 self.on_failure(kind)
 
-    def _finish(self, event: TurnCompleted) -> None:
-        # The terminal event is kept apart from the queue, so it can never be
-        # lost to a full buffer; the consumer gets it after what was queued.
-        self.terminal = event
+    def _finish(self, outcome: TurnOutcome) -> None:
+        # The outcome is kept apart from the queue, so it can never be lost
+        # to a full buffer; the consumer gets it after what was queued.
+        self.outcome = outcome
         self._wakeup.set()
 
     async def wait_codex_finished(self) -> None:
@@ -367,7 +378,7 @@ class Turn:
 
     @property
     def finished(self) -> bool:
-        return self.terminal is not None
+        return self.outcome is not None
 
     @property
     def pending(self) -> int:
@@ -391,14 +402,14 @@ class Turn:
         """Up to ``limit`` already-queued events, without waiting.
 
         Lets a consumer batch a burst of deltas into one write. Never returns
-        the terminal event (:meth:`next_event` does).
+        :class:`TurnEnded` (:meth:`next_event` does).
         """
         queue = self._queue
         pop = self._pop
         return [pop() for _ in range(min(limit, len(queue)))]
 
-    async def next_event(self) -> TurnEvent | None:
-        """The next event; the terminal event last; then ``None``.
+    async def next_event(self) -> TurnEvent | TurnEnded | None:
+        """The next event; :class:`TurnEnded` last; then ``None``.
 
         Enforces the idle and overall deadlines: when one passes, the turn is
         failed and its terminal event returned (the multiplexer interrupts
@@ -406,7 +417,7 @@ class Turn:
         """
         if self._delivered_terminal:
             return None
-        while not self._queue and self.terminal is None:
+        while not self._queue and self.outcome is None:
             self._wakeup = trio.Event()
             idle_deadline = self._last_activity + self.idle_timeout_s
             with trio.move_on_at(min(idle_deadline, self.deadline, self._retry_deadline())):
@@ -425,13 +436,13 @@ class Turn:
         if self._queue:
             return self._pop()
         self._delivered_terminal = True
-        assert self.terminal is not None
-        return self.terminal
+        assert self.outcome is not None
+        return TurnEnded(self.outcome)
 
     def __aiter__(self) -> Turn:
         return self
 
-    async def __anext__(self) -> TurnEvent:
+    async def __anext__(self) -> TurnEvent | TurnEnded:
         event = await self.next_event()
         if event is None:
             raise StopAsyncIteration

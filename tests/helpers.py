@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,12 +16,17 @@ from typing import Any
 import attrs
 import httpx
 import orjson
+import pytest
 import trio
 
+from bridge.protocol import TurnEvent
 from codex_bridge.config import Settings
-from codex_bridge.service import ServiceHandle, run_service
-from fixtures.transcript import transcript_path
-from supervisor.child import ChildLaunch
+from codex_bridge.service import ServiceHandle, child_launch, run_service
+from fixtures.codex_home import write_codex_home
+from fixtures.scripted_model import ScriptedModelServer
+from fixtures.transcript import load, transcript_path
+from supervisor import Turn, TurnEnded
+from supervisor.child import Child, ChildLaunch, ChildState
 from supervisor.reaper import MANAGED_PIDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +181,34 @@ def free_port() -> int:
 FAKE = str(Path(__file__).with_name("fake_app_server.py"))
 
 
+def fake(
+    mode: str,
+    deltas: int = 3,
+    *,
+    delay_s: float | None = None,
+    state: str | None = None,
+    **kwargs: Any,
+) -> ChildLaunch:
+    """A launch of tests/fake_app_server.py; ``delay_s`` spaces its deltas out,
+    ``state`` is the marker file of its "-once" modes."""
+    env = dict(os.environ)
+    if delay_s is not None:
+        env["FAKE_DELAY_S"] = str(delay_s)
+    if state is not None:
+        env["FAKE_STATE"] = state
+    values: dict[str, Any] = {"startup_timeout_s": 10.0, "stop_grace_s": 1.0}
+    values.update(kwargs)
+    return ChildLaunch(argv=(sys.executable, "-u", FAKE, mode, str(deltas)), env=env, **values)
+
+
+def state_of(child: Child) -> ChildState:
+    return child.state
+
+
+async def collect(turn: Turn) -> list[TurnEvent | TurnEnded]:
+    return [event async for event in turn]
+
+
 def fake_serve_env(tmp_path: Path, mode: str = "ok", deltas: int = 40) -> dict[str, str]:
     """Settings for ``codex-bridge serve`` on fake children
     (tests/fake_app_server.py ``mode``), all its state under ``tmp_path``."""
@@ -225,3 +261,65 @@ async def eventually(predicate: Callable[[], bool], *, interval_s: float = 0.01)
     child process did); bound it with the caller's ``fail_after``."""
     while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
         await trio.sleep(interval_s)
+
+
+def recorded(name: str, method: str) -> list[dict[str, Any]]:
+    """Params of the notifications ``method`` in a transcript."""
+    return [
+        e.msg["params"]
+        for e in load(transcript_path(name)).entries
+        if e.dir == "in" and e.msg.get("method") == method
+    ]
+
+
+@asynccontextmanager
+async def real_service(
+    tmp_path: Path, codex_bin: Path, model: ScriptedModelServer | None, **settings: Any
+) -> AsyncIterator[RunningService]:
+    """The service with real children; pointed at ``model`` when given,
+    else with a bare CODEX_HOME and no credentials at all."""
+    config = make_settings(tmp_path, codex_bin=str(codex_bin), **settings)
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "CODEX_API_KEY")}
+    if model is not None:
+        environ.update(write_codex_home(config.codex_home_path, model.base_url))
+    async with running_service(config, child_launch(config, environ=environ)) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port (.ci/run installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: install Debian's redis-server (.ci/run does)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    SESSION_PROCESSES.add(server.pid)
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        SESSION_PROCESSES.discard(server.pid)

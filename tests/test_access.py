@@ -40,11 +40,11 @@ from tests.helpers import (
     RunningService,
     chat_body,
     content_of,
+    fake,
     make_settings,
     running_service,
     sse_events,
 )
-from tests.test_supervisor import fake
 
 TIMEOUT_S = 30
 KEY = "sk-test-0123456789abcdef"

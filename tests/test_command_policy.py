@@ -20,8 +20,12 @@ from supervisor.command_policy import (
     link_bundled_bwrap,
     provider_env_keys,
 )
-from tests.helpers import LineLog, make_settings, running_service
-from tests.test_supervisor import fake
+from tests.helpers import (
+    LineLog,
+    fake,
+    make_settings,
+    running_service,
+)
 
 SERVICE_ENV = {
     "PATH": "/usr/bin:/bin",

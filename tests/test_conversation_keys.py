@@ -9,8 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from http_front.conversation.identity import workspace_name
-from tests.helpers import LineLog, make_settings, running_service
-from tests.test_supervisor import fake
+from tests.helpers import (
+    LineLog,
+    fake,
+    make_settings,
+    running_service,
+)
 
 NASTY_KEYS = [
     "../../../etc",

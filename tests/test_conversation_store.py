@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +16,14 @@ from http_front.conversation.store import (
     StoreError,
     open_store,
 )
-from tests.helpers import SESSION_PROCESSES
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port (.ci/run installs it)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: install Debian's redis-server (.ci/run does)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    SESSION_PROCESSES.add(server.pid)
-    try:
-        for _ in range(200):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        SESSION_PROCESSES.discard(server.pid)
+from tests.helpers import redis_url  # noqa: F401  (fixture)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
 ) -> AsyncIterator[Any]:
     prefix = f"test-{tmp_path.name}:"
     if request.param == "sqlite":
@@ -110,7 +62,7 @@ async def test_concurrent_writers_leave_one_whole_record(store: Any) -> None:
     assert got.seen == (n, n, n)
 
 
-async def test_records_expire(tmp_path: Path, redis_url: str) -> None:
+async def test_records_expire(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
     for made in (
         SQLiteStore(tmp_path / "e.sqlite3", ttl_s=1),
         RedisStore(redis_url, prefix=f"exp-{tmp_path.name}:", ttl_s=1),

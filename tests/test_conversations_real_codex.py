@@ -10,9 +10,11 @@ import trio
 
 from fixtures.scenarios import PLAIN_TEXT
 from fixtures.scripted_model import RecordedRequest, ScriptedModelServer
-from tests.helpers import RunningService
-from tests.test_conversation_store import redis_url  # noqa: F401  (fixture)
-from tests.test_e2e_real_codex import real_service
+from tests.helpers import (
+    RunningService,
+    real_service,
+    redis_url,  # noqa: F401  (fixture)
+)
 
 pytestmark = pytest.mark.real_codex
 TIMEOUT_S = 90

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,6 @@ import openai
 import pytest
 import trio
 
-from codex_bridge.service import child_launch
-from fixtures.codex_home import write_codex_home
 from fixtures.scenarios import DROP_TEXT, PLAIN_TEXT
 from fixtures.scripted_model import ScriptedModelServer
 from supervisor.reaper import descendants
@@ -27,28 +23,13 @@ from tests.helpers import (
     RunningService,
     chat_body,
     content_of,
-    make_settings,
-    running_service,
+    real_service,
     sse_events,
 )
 
 pytestmark = pytest.mark.real_codex
 
 TIMEOUT_S = 60
-
-
-@asynccontextmanager
-async def real_service(
-    tmp_path: Path, codex_bin: Path, model: ScriptedModelServer | None, **settings: Any
-) -> AsyncIterator[RunningService]:
-    """The service with real children; pointed at ``model`` when given,
-    else with a bare CODEX_HOME and no credentials at all."""
-    config = make_settings(tmp_path, codex_bin=str(codex_bin), **settings)
-    environ = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "CODEX_API_KEY")}
-    if model is not None:
-        environ.update(write_codex_home(config.codex_home_path, model.base_url))
-    async with running_service(config, child_launch(config, environ=environ)) as service:
-        yield service
 
 
 def sdk(service: RunningService) -> openai.OpenAI:

@@ -21,22 +21,24 @@ import orjson
 import pytest
 import trio
 
-from bridge.protocol import TurnCompleted
+from supervisor import FailureKind, Turn, TurnEnded, TurnRequest
 from supervisor.child import Child, ChildState
-from supervisor.multiplexer import InputTooLarge, TurnMultiplexer
+from supervisor.multiplexer import TurnMultiplexer
+from supervisor.outcome import InputTooLarge
 from supervisor.pool import Pool, PoolPolicy
-from supervisor.turn import FailureKind, Turn, TurnRequest
 from tests.helpers import (
     LineLog,
     chat_body,
+    collect,
     content_of,
     eventually,
+    fake,
     make_settings,
     running_service,
     sse_events,
     start_serve,
+    state_of,
 )
-from tests.test_supervisor import collect, fake, state_of
 
 FAST_LIVENESS = {"liveness_interval_s": 0.3, "liveness_timeout_s": 0.5}
 
@@ -451,7 +453,7 @@ async def test_a_drained_childs_idle_thread_moves_to_another_child() -> None:
             on_old = await loaded_threads(owner)
             nursery.cancel_scope.cancel()
     assert again.thread_id == thread
-    assert isinstance(events[-1], TurnCompleted)
+    assert isinstance(events[-1], TurnEnded)
     assert new_owner is not None
     assert new_owner is not owner
     assert on_old == []
@@ -483,7 +485,7 @@ async def test_idle_and_surplus_conversation_threads_are_released() -> None:
             async with mux.open_turn(TurnRequest("again", thread_id=threads[0])) as turn:
                 events = await collect(turn)
             nursery.cancel_scope.cancel()
-    assert isinstance(events[-1], TurnCompleted)
+    assert isinstance(events[-1], TurnEnded)
     assert turn.thread_id == threads[0]
 
 

@@ -29,12 +29,18 @@ from hypothesis import strategies as st
 from codex_bridge.service import child_launch
 from fixtures.codex_home import write_codex_home
 from fixtures.scripted_model import ScriptedModelServer
-from http_front.chat import MAX_TURN_INPUT_CHARS, REASONING_EFFORTS
+from http_front.chat.request import REASONING_EFFORTS
 from http_front.hypercorn_errors import HypercornChanged, install
-from supervisor.multiplexer import InputTooLarge
+from http_front.turn_input import MAX_TURN_INPUT_CHARS
+from supervisor.outcome import InputTooLarge, RefusalKind
 from supervisor.turn import TurnRequest
-from tests.helpers import LineLog, RunningService, make_settings, running_service
-from tests.test_supervisor import fake
+from tests.helpers import (
+    LineLog,
+    RunningService,
+    fake,
+    make_settings,
+    running_service,
+)
 
 TIMEOUT_S = 60
 LIMIT = MAX_TURN_INPUT_CHARS
@@ -196,7 +202,7 @@ async def test_codex_refuses_a_turn_input_one_character_over_the_limit(
                 "/v1/chat/completions", json=body_of(user(over), model="scripted-model")
             )
     assert f"maximum length of {LIMIT} characters" in refused.value.message
-    assert refused.value.status == 400
+    assert refused.value.kind is RefusalKind.INPUT_TOO_LARGE
     error = assert_openai_error(response, 400)
     assert error["code"] == "string_above_max_length"
 

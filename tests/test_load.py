@@ -15,8 +15,14 @@ import httpx
 import pytest
 import trio
 
-from tests.helpers import chat_body, content_of, make_settings, running_service, sse_events
-from tests.test_supervisor import fake
+from tests.helpers import (
+    chat_body,
+    content_of,
+    fake,
+    make_settings,
+    running_service,
+    sse_events,
+)
 
 REQUESTS = 200
 TEXT = "".join(f"d{i} " for i in range(5))

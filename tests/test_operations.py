@@ -17,25 +17,29 @@ import pytest
 import trio
 import trio.testing
 
-from bridge.protocol import AgentMessageDelta, TurnCompleted, TurnStatus
+from bridge.protocol import AgentMessageDelta, TurnStatus
 from codex_bridge.systemd import Notifier
-from http_front.admin import AdminApp
+from http_front.admin import AdminRoutes
 from http_front.errors import ApiError
+from http_front.response import Exchange
+from supervisor import Supervisor, TurnEnded
 from supervisor.child import ChildLaunch, ChildState
-from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
+from supervisor.multiplexer import TurnMultiplexer
+from supervisor.outcome import NoChildAvailable, Overloaded
 from supervisor.pool import Pool, PoolPolicy
 from supervisor.turn import TurnRequest
 from tests.helpers import (
     LineLog,
     chat_body,
+    collect,
     content_of,
+    fake,
     free_port,
     make_settings,
     running_service,
     sse_events,
     start_serve,
 )
-from tests.test_supervisor import collect, fake
 
 # -- crash-loop breaker and backoff, on virtual time ------------------------------------
 
@@ -132,8 +136,8 @@ async def test_draining_child_finishes_its_turn_and_new_turns_go_elsewhere() -> 
                 events = await collect(running)
             await replaced.wait()
             nursery.cancel_scope.cancel()
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED  # the drained turn was not cut
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED  # the drained turn was not cut
     assert sum(isinstance(e, AgentMessageDelta) for e in events) == 6
 
 
@@ -168,8 +172,8 @@ async def test_overload_is_retried_with_backoff(tmp_path: Path) -> None:
                 events = await collect(turn)
             nursery.cancel_scope.cancel()
     assert len(log.sent("thread/start")) == 2
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED
 
 
 async def test_persistent_overload_becomes_429() -> None:
@@ -217,8 +221,8 @@ async def test_thread_stays_on_its_owner_and_moves_when_it_dies() -> None:
             assert new_owner is not None
             assert new_owner.name == moved.child_name
             nursery.cancel_scope.cancel()
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED
 
 
 async def test_turns_on_one_thread_never_overlap() -> None:
@@ -344,12 +348,25 @@ async def test_admin_token(tmp_path: Path) -> None:
     assert right.status_code == 200
 
 
+async def _unused_receive() -> dict[str, object]:
+    raise AssertionError("the admin check reads no body")
+
+
+async def _unused_send(message: object) -> None:
+    raise AssertionError("the admin check writes no answer")
+
+
 def test_admin_without_token_refuses_remote_clients() -> None:
-    admin = AdminApp(TurnMultiplexer(Pool(1, fake("ok"))))
-    admin._authorize({"client": ("127.0.0.1", 5000)})
-    admin._authorize({"client": ("::1", 5000)})
+    pool = Pool(1, fake("ok"))
+    admin = AdminRoutes(Supervisor(pool, TurnMultiplexer(pool)))
+
+    def exchange(client: tuple[str, int]) -> Exchange:
+        return Exchange({"client": client}, _unused_receive, _unused_send)
+
+    admin._authorize(exchange(("127.0.0.1", 5000)))
+    admin._authorize(exchange(("::1", 5000)))
     with pytest.raises(ApiError) as info:
-        admin._authorize({"client": ("10.1.2.3", 5000)})
+        admin._authorize(exchange(("10.1.2.3", 5000)))
     assert info.value.status == 403
 
 

@@ -11,27 +11,19 @@ import httpx
 import pytest
 import trio
 
-from fixtures.transcript import load, transcript_path
 from http_front.blocks import strip_bridge_markup, trim_lines, unwrap_command
 from tests.helpers import (
     chat_body,
     content_of,
+    fake,
     make_settings,
+    recorded,
     replay_launch,
     running_service,
     sse_events,
 )
-from tests.test_supervisor import fake
 
 OPENWEBUI = {"X-OpenWebUI-Chat-Id": "4c1f0b9e-0000-4000-8000-000000000001"}
-
-
-def recorded(name: str, method: str) -> list[dict[str, Any]]:
-    return [
-        e.msg["params"]
-        for e in load(transcript_path(name)).entries
-        if e.dir == "in" and e.msg.get("method") == method
-    ]
 
 
 def final_text(name: str) -> str:

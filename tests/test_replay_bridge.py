@@ -14,21 +14,20 @@ from bridge.protocol import (
     ItemStarted,
     OtherEvent,
     ReasoningDelta,
-    TurnCompleted,
     TurnErrorEvent,
     TurnEvent,
     TurnStatus,
 )
 from fixtures.transcript import load, transcript_path
+from supervisor import TurnEnded, TurnRequest
 from supervisor.multiplexer import TurnMultiplexer
 from supervisor.pool import Pool, PoolPolicy
-from supervisor.turn import TurnRequest
 from tests.helpers import replay_launch
 
 
 async def run_recorded_turn(
     name: str, *, effort: str | None = None, policy: PoolPolicy | None = None
-) -> list[TurnEvent]:
+) -> list[TurnEvent | TurnEnded]:
     prompt = load(transcript_path(name)).header["prompt"]
     pool = Pool(1, replay_launch(name), policy=policy)
     mux = TurnMultiplexer(pool)
@@ -49,8 +48,8 @@ async def test_liveness_checks_do_not_disturb_a_replay() -> None:
     policy = PoolPolicy(liveness_interval_s=0.001, liveness_timeout_s=5)
     events = await run_recorded_turn("exec", policy=policy)
     final = events[-1]
-    assert isinstance(final, TurnCompleted)
-    assert final.status is TurnStatus.COMPLETED
+    assert isinstance(final, TurnEnded)
+    assert final.outcome.status is TurnStatus.COMPLETED
 
 
 async def test_handshake_and_typed_results() -> None:
@@ -91,8 +90,8 @@ async def test_command_execution_events_reach_the_turn() -> None:
     assert completed[0].item["aggregatedOutput"] == "line-1\nline-2\nline-3\ndone-42\n"
     text = "".join(e.delta for e in events if isinstance(e, AgentMessageDelta))
     assert text.startswith("Ran `for i in 1 2 3")
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED
 
 
 async def test_retried_stream_shows_progress_then_a_new_item() -> None:
@@ -102,8 +101,8 @@ async def test_retried_stream_shows_progress_then_a_new_item() -> None:
     assert all(e.will_retry for e in retries)
     items = {e.item_id for e in events if isinstance(e, AgentMessageDelta)}
     assert len(items) == 2  # codex starts a new agentMessage item after the drop
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED
 
 
 async def test_reasoning_summary_deltas() -> None:
@@ -117,10 +116,11 @@ async def test_reasoning_summary_deltas() -> None:
 async def test_failed_turn_carries_codex_error_info() -> None:
     events = await run_recorded_turn("quota")
     final = events[-1]
-    assert isinstance(final, TurnCompleted)
-    assert final.status is TurnStatus.FAILED
-    assert final.codex_error_info == "usageLimitExceeded"
-    assert final.error_message == "Quota exceeded. Check your plan and billing details."
+    assert isinstance(final, TurnEnded)
+    assert final.outcome.status is TurnStatus.FAILED
+    assert final.outcome.codex_error is not None
+    assert final.outcome.codex_error.info == "usageLimitExceeded"
+    assert final.outcome.message == "Quota exceeded. Check your plan and billing details."
 
 
 def _request(method: str) -> ServerRequest:

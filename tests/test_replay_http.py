@@ -14,25 +14,16 @@ from typing import Any
 import pytest
 import trio
 
-from fixtures.transcript import load, transcript_path
 from tests.helpers import (
     LineLog,
     chat_body,
     content_of,
     make_settings,
+    recorded,
     replay_launch,
     running_service,
     sse_events,
 )
-
-
-def recorded(name: str, method: str) -> list[dict[str, Any]]:
-    """Params of the notifications ``method`` in a transcript."""
-    return [
-        e.msg["params"]
-        for e in load(transcript_path(name)).entries
-        if e.dir == "in" and e.msg.get("method") == method
-    ]
 
 
 def recorded_text(name: str) -> str:

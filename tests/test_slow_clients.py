@@ -11,8 +11,12 @@ import trio
 from hypercorn.trio.tcp_server import TCPServer
 
 from http_front.hypercorn_errors import HypercornChanged, install
-from tests.helpers import RunningService, make_settings, running_service
-from tests.test_supervisor import fake
+from tests.helpers import (
+    RunningService,
+    fake,
+    make_settings,
+    running_service,
+)
 
 TIMEOUT_S = 30
 BODY = orjson.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})

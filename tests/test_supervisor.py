@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +15,27 @@ from bridge.messages import Notification
 from bridge.protocol import (
     AgentMessageDelta,
     TokenCounts,
-    TurnCompleted,
     TurnErrorEvent,
     TurnEvent,
     TurnStatus,
 )
-from supervisor.child import Child, ChildLaunch, ChildStartError, ChildState
-from supervisor.multiplexer import NoChildAvailable, Overloaded, TurnMultiplexer
+from supervisor import FailureKind, RefusalKind, Turn, TurnEnded, TurnRequest
+from supervisor.child import Child, ChildStartError, ChildState
+from supervisor.multiplexer import TurnMultiplexer
+from supervisor.outcome import NoChildAvailable, Overloaded
 from supervisor.pool import Pool
-from supervisor.turn import FailureKind, Turn, TurnRequest
 from tests.helpers import (
     LineLog,
     chat_body,
+    collect,
     content_of,
+    fake,
     leftover_processes,
     make_settings,
     running_service,
     sse_events,
+    state_of,
 )
-
-FAKE = str(Path(__file__).with_name("fake_app_server.py"))
-
-
-def fake(
-    mode: str,
-    deltas: int = 3,
-    *,
-    delay_s: float | None = None,
-    state: str | None = None,
-    **kwargs: Any,
-) -> ChildLaunch:
-    """A launch of tests/fake_app_server.py; ``delay_s`` spaces its deltas out,
-    ``state`` is the marker file of its "-once" modes."""
-    env = dict(os.environ)
-    if delay_s is not None:
-        env["FAKE_DELAY_S"] = str(delay_s)
-    if state is not None:
-        env["FAKE_STATE"] = state
-    values: dict[str, Any] = {"startup_timeout_s": 10.0, "stop_grace_s": 1.0}
-    values.update(kwargs)
-    return ChildLaunch(argv=(sys.executable, "-u", FAKE, mode, str(deltas)), env=env, **values)
 
 
 def alive(pid: int) -> bool:
@@ -69,14 +49,6 @@ def alive(pid: int) -> bool:
 def make_turn(**kwargs: Any) -> Turn:
     """A turn on thread "t", fed by hand."""
     return Turn(thread_id="t", child_name="c", model="m", **kwargs)
-
-
-def state_of(child: Child) -> ChildState:
-    return child.state
-
-
-async def collect(turn: Turn) -> list[TurnEvent]:
-    return [event async for event in turn]
 
 
 # -- child lifecycle ----------------------------------------------------------------
@@ -174,9 +146,9 @@ async def test_turn_events_in_order_and_one_terminal_event() -> None:
             nursery.cancel_scope.cancel()
     deltas = [e.delta for e in events if isinstance(e, AgentMessageDelta)]
     assert deltas == [f"d{i} " for i in range(5)]
-    assert isinstance(events[-1], TurnCompleted)
-    assert events[-1].status is TurnStatus.COMPLETED
-    assert sum(isinstance(e, TurnCompleted) for e in events) == 1
+    assert isinstance(events[-1], TurnEnded)
+    assert events[-1].outcome.status is TurnStatus.COMPLETED
+    assert sum(isinstance(e, TurnEnded) for e in events) == 1
 
 
 async def test_child_crash_mid_turn_ends_the_turn_with_the_reason() -> None:
@@ -189,11 +161,11 @@ async def test_child_crash_mid_turn_ends_the_turn_with_the_reason() -> None:
                 events = await collect(turn)
             nursery.cancel_scope.cancel()
     final = events[-1]
-    assert isinstance(final, TurnCompleted)
-    assert final.status is TurnStatus.FAILED
+    assert isinstance(final, TurnEnded)
+    assert final.outcome.status is TurnStatus.FAILED
     assert turn.failure_kind is FailureKind.CHILD_EXITED
-    assert "exited with code 17" in (final.error_message or "")
-    assert "simulated crash" in (final.error_message or "")
+    assert "exited with code 17" in (final.outcome.message or "")
+    assert "simulated crash" in (final.outcome.message or "")
     assert [e.delta for e in events if isinstance(e, AgentMessageDelta)] == ["d0 ", "d1 "]
 
 
@@ -210,7 +182,7 @@ async def test_leaving_a_turn_early_interrupts_it() -> None:
                 assert first is not None
             (interrupt,) = log.sent("turn/interrupt")
             assert interrupt["params"] == {"threadId": turn.thread_id, "turnId": turn.turn_id}
-            assert turn.terminal is not None
+            assert turn.outcome is not None
             assert mux.load(child) == 0
             assert child.usable
             assert not child.turns
@@ -258,7 +230,7 @@ async def test_full_queue_is_refused_and_waiters_go_in_order() -> None:
             with pytest.raises(Overloaded) as info:
                 async with mux.open_turn(TurnRequest("fourth")):
                     pass
-            assert info.value.status == 429
+            assert info.value.kind is RefusalKind.OVERLOADED
             assert info.value.retry_after_s is not None
             release.set()
             await got["third"].wait()
@@ -300,8 +272,8 @@ async def test_silent_turn_fails_at_the_idle_deadline(
     assert isinstance(await turn.next_event(), AgentMessageDelta)
     final = await turn.next_event()
     assert trio.current_time() - start == pytest.approx(42)
-    assert isinstance(final, TurnCompleted)
-    assert final.status is TurnStatus.FAILED
+    assert isinstance(final, TurnEnded)
+    assert final.outcome.status is TurnStatus.FAILED
     assert turn.failure_kind is FailureKind.IDLE_TIMEOUT
     assert await turn.next_event() is None
 
@@ -314,7 +286,7 @@ async def test_idle_deadline_holds_for_a_consumer_that_keeps_coming_back(
     turn.turn_id = "u1"
     turn.on_notification(_delta("t", "a"))
     start = trio.current_time()
-    events: list[TurnEvent] = []
+    events: list[TurnEvent | TurnEnded] = []
     keepalives = 0
     with trio.fail_after(100):  # virtual time
         while True:
@@ -329,7 +301,7 @@ async def test_idle_deadline_holds_for_a_consumer_that_keeps_coming_back(
     assert trio.current_time() - start == pytest.approx(42)
     assert keepalives == 8  # at 5, 10, ..., 40
     assert turn.failure_kind is FailureKind.IDLE_TIMEOUT
-    assert isinstance(events[-1], TurnCompleted)
+    assert isinstance(events[-1], TurnEnded)
 
 
 async def test_idle_deadline_counts_from_codex_last_event(
@@ -407,8 +379,8 @@ async def test_backlog_of_a_client_that_stops_reading_is_capped_in_bytes() -> No
     assert text == delta * (len(text) // 100)
     assert turn.buffered_bytes == 0
     final = events[-1]
-    assert isinstance(final, TurnCompleted)
-    assert "too slowly" in (final.error_message or "")
+    assert isinstance(final, TurnEnded)
+    assert "too slowly" in (final.outcome.message or "")
 
 
 async def test_byte_accounting_follows_what_the_consumer_takes() -> None:
@@ -519,8 +491,8 @@ async def test_completion_of_another_turn_is_ignored() -> None:
             "turn/completed", {"threadId": "t", "turn": {"id": "mine", "status": "interrupted"}}
         )
     )
-    assert turn.terminal is not None
-    assert turn.terminal.status is TurnStatus.INTERRUPTED
+    assert turn.outcome is not None
+    assert turn.outcome.status is TurnStatus.INTERRUPTED
 
 
 # -- through HTTP ------------------------------------------------------------------------
@@ -599,9 +571,9 @@ async def test_turn_that_only_retries_fails_at_the_retry_deadline(
     assert trio.current_time() - start == pytest.approx(30)
     assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
     final = events[-1]
-    assert isinstance(final, TurnCompleted)
-    assert "could not be reached for 30s" in (final.error_message or "")
-    assert "network unreachable" in (final.error_message or "")
+    assert isinstance(final, TurnEnded)
+    assert "could not be reached for 30s" in (final.outcome.message or "")
+    assert "network unreachable" in (final.outcome.message or "")
 
 
 async def test_progress_resets_the_retry_deadline(autojump_clock: trio.testing.MockClock) -> None:
@@ -635,7 +607,7 @@ async def test_retry_deadline_is_checked_as_retries_arrive(
     assert turn.failure_kind is FailureKind.RETRY_TIMEOUT
     events = await collect(turn)
     assert isinstance(events[0], TurnErrorEvent)  # the retry is still shown
-    assert isinstance(events[-1], TurnCompleted)
+    assert isinstance(events[-1], TurnEnded)
     assert trio.current_time() == clock_start
 
 

@@ -14,19 +14,12 @@ from typing import Any
 import attrs
 import orjson
 
-from supervisor.turn import TurnRequest
+from supervisor import TurnRequest
 
-from .blocks import strip_bridge_markup
-from .errors import ApiError, bad_request
+from ..blocks import strip_bridge_markup
+from ..errors import ApiError, bad_request
+from ..turn_input import MAX_TURN_INPUT_CHARS, turn_input_too_long
 
-#: The most characters (Unicode code points, what ``len`` counts) codex takes
-#: as one turn's input: ``turn/start`` refuses more with JSON-RPC error
-#: -32602 "Input exceeds the maximum length of 1048576 characters."
-#: (``data.input_error_code = "input_too_large"``). The limit applies to the
-#: sum of the turn's text items; the history replayed with
-#: ``thread/inject_items`` and the developer instructions have none.
-#: Measured on codex 0.169.0; tests/test_http_input.py checks it on the binary.
-MAX_TURN_INPUT_CHARS = 1_048_576
 REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Accepted for compatibility, and ignored: codex decides sampling itself.
@@ -60,11 +53,6 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
     return data
-
-
-def turn_input_too_long(text: str) -> bool:
-    """Whether codex would refuse ``text`` as a turn's input."""
-    return len(text) > MAX_TURN_INPUT_CHARS
 
 
 def _too_long(param: str, length: int) -> ApiError:

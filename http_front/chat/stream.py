@@ -1,4 +1,5 @@
-"""OpenAI ``chat.completion.chunk`` frames as Server-Sent Events.
+"""OpenAI ``chat.completion.chunk`` frames as Server-Sent Events: the
+streaming encoder of chat completions.
 
 The per-delta path is the hot one (tens of thousands of frames a second), so
 the constant part of every chunk is serialised once per stream and only the
@@ -11,10 +12,22 @@ from typing import Any
 
 import orjson
 
-from .render import Failure, Piece, Usage
+from ..errors import ApiError
+from ..pieces import Usage
+from .present import ChatDelta
 
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keepalive\n\n"
+
+
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """``usage`` as chat completions report it."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
 
 
 class ChunkEncoder:
@@ -51,7 +64,7 @@ class ChunkEncoder:
     def role(self) -> bytes:
         return self._head + b'"role":"assistant","content":""' + self._tail
 
-    def piece(self, piece: Piece) -> bytes:
+    def delta(self, piece: ChatDelta) -> bytes:
         if piece.content and not piece.reasoning:
             return self._head + self._content_key + orjson.dumps(piece.content) + self._tail
         if piece.status is not None:
@@ -72,9 +85,9 @@ class ChunkEncoder:
         return self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
 
     def usage(self, usage: Usage) -> bytes:
-        return self._chunk({"choices": [], "usage": usage.to_openai()})
+        return self._chunk({"choices": [], "usage": openai_usage(usage)})
 
-    def error(self, failure: Failure) -> bytes:
+    def error(self, failure: ApiError) -> bytes:
         return self._chunk(
             {
                 "choices": [],

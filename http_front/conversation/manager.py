@@ -19,16 +19,15 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-from supervisor.keyed_locks import KeyedLocks
-from supervisor.turn import TurnRequest
+from supervisor import KeyedLocks, TurnRequest
 
-from ..chat import MAX_TURN_INPUT_CHARS, ChatRequest, turn_input_too_long
 from ..errors import ApiError
+from ..turn_input import MAX_TURN_INPUT_CHARS, turn_input_too_long
 from .identity import (
     RequestKind,
     conversation_key,
@@ -39,6 +38,18 @@ from .identity import (
 from .store import ConversationStore, Record
 
 log = logging.getLogger(__name__)
+
+
+class Conversational(Protocol):
+    """A request of any front door, as conversations see it."""
+
+    @property
+    def turn(self) -> TurnRequest:
+        """The turn the request asks for, with the whole history."""
+
+    @property
+    def messages(self) -> tuple[tuple[str, str], ...]:
+        """Every message as (role, text), system ones included, markup stripped."""
 
 
 @attrs.frozen
@@ -127,7 +138,7 @@ class Conversations:
                 )
             yield
 
-    async def plan(self, kind: RequestKind, key: str | None, chat: ChatRequest) -> Plan:
+    async def plan(self, kind: RequestKind, key: str | None, chat: Conversational) -> Plan:
         turn = chat.turn
         if kind is RequestKind.TASK or kind is RequestKind.STATELESS or key is None:
             # A directory of its own, removed afterwards: what its commands

@@ -1,0 +1,24 @@
+"""How the front doors turn requests into turns and turns into answers."""
+
+from __future__ import annotations
+
+import attrs
+
+from .chat.present import ReasoningFormat
+
+
+@attrs.frozen
+class FrontOptions:
+    #: Where reasoning goes in a chat completion.
+    reasoning_format: ReasoningFormat = ReasoningFormat.FIELD
+    #: OpenWebUI status events: "auto" (for OpenWebUI's requests, which carry
+    #: X-OpenWebUI-Chat-Id), "always" or "never".
+    status_events: str = "auto"
+    #: The last lines of a command's output shown in its card.
+    command_output_lines: int = 20
+    #: Reasoning effort of a request that names none.
+    default_reasoning_effort: str | None = None
+    #: Reasoning summaries asked of codex (None: none).
+    reasoning_summary: str | None = "auto"
+    #: A streamed answer's keepalive frame after this long without a write.
+    keepalive_interval_s: float = 15.0

@@ -1,0 +1,167 @@
+"""Running a request's turn, for any front door.
+
+:func:`run_attempts` runs the first of a conversation plan's candidate turns
+that can run, again once if its child died before the client saw anything;
+:func:`converse` does a conversation's bookkeeping around it; :func:`ending`
+says, in no API's terms, how the answer ends (finish reason, error, usage).
+Each door only says how to consume a turn and how to write the answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import attrs
+import trio
+
+from bridge.protocol import TokenCounts
+from supervisor import (
+    FailureKind,
+    Supervisor,
+    ThreadUnavailable,
+    Turn,
+    TurnRefused,
+    TurnRequest,
+)
+
+from .access import key_label
+from .conversation.identity import RequestKind
+from .conversation.manager import Conversational, Conversations, Plan
+from .errors import ApiError, refusal_error, turn_error
+from .pieces import Usage
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Attempt:
+    """The turn that ran (None if every candidate was refused before one
+    did), which candidate it was, and the refusal that ended the tries."""
+
+    turn: Turn | None
+    candidate: int
+    refusal: TurnRefused | None = None
+
+
+#: Consumes a turn to its end; True if the client has seen any of it.
+Consume = Callable[[Turn], Awaitable[bool]]
+
+
+async def run_attempts(
+    supervisor: Supervisor, candidates: Sequence[TurnRequest], consume: Consume
+) -> Attempt:
+    """Run the first candidate turn that can run, through ``consume``.
+
+    A thread codex cannot resume or roll back moves on to the next
+    candidate; a child that died before the client saw anything of the
+    turn gets it run again once.
+    """
+    index = 0
+    retried = False
+    while True:
+        turn: Turn | None = None
+        shown = False
+        try:
+            async with supervisor.open_turn(candidates[index]) as turn:
+                shown = await consume(turn)
+        except ThreadUnavailable as exc:
+            if index + 1 < len(candidates):
+                log.info("%s; continuing on a fresh thread (%s)", exc.message, key_label())
+                index += 1
+                continue
+            return Attempt(turn, index, exc)
+        except TurnRefused as exc:
+            return Attempt(turn, index, exc)
+        assert turn is not None
+        if not retried and not shown and turn.failure_kind is FailureKind.CHILD_EXITED:
+            log.warning(
+                "%s died before the turn showed anything; retrying (%s)",
+                turn.child_name,
+                key_label(),
+            )
+            retried = True
+            continue
+        return Attempt(turn, index)
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # the turn completed
+    LENGTH = "length"  # the model's output limit
+    ERROR = "error"  # failed, interrupted, or could not run
+
+
+@attrs.frozen
+class Ending:
+    """How an answer ends."""
+
+    finish_reason: FinishReason
+    error: ApiError | None
+    usage: Usage
+
+
+def ending(attempt: Attempt) -> Ending:
+    turn = attempt.turn
+    usage = Usage.of(turn.usage if turn is not None else TokenCounts())
+    if attempt.refusal is not None:
+        return Ending(FinishReason.ERROR, refusal_error(attempt.refusal), usage)
+    assert turn is not None
+    assert turn.outcome is not None
+    outcome = turn.outcome
+    if outcome.hit_output_limit:
+        return Ending(FinishReason.LENGTH, None, usage)
+    error = turn_error(outcome)
+    return Ending(FinishReason.STOP if error is None else FinishReason.ERROR, error, usage)
+
+
+@attrs.frozen
+class Answer:
+    """A completed turn's answer, for the conversation mapping."""
+
+    candidate: int  # which of the plan's requests ran
+    thread_id: str
+    turn_id: str
+    content: str
+
+
+def answer_of(attempt: Attempt, content: str) -> Answer | None:
+    """The answer to remember, if the turn completed."""
+    turn = attempt.turn
+    if turn is None or turn.outcome is None or turn_error(turn.outcome) is not None:
+        return None
+    return Answer(attempt.candidate, turn.thread_id, turn.turn_id, content)
+
+
+#: Runs the plan's candidates and writes the answer; calls the callback with
+#: the answer before the answer's last bytes go out.
+Respond = Callable[[Plan, Callable[[Answer], None]], Awaitable[None]]
+
+
+async def converse(
+    conversations: Conversations,
+    kind: RequestKind,
+    key: str | None,
+    request: Conversational,
+    respond: Respond,
+) -> None:
+    """One turn of a conversation (or a keyless request), then its bookkeeping.
+
+    The conversation stays locked until the mapping is written, so the next
+    turn of it sees this one.
+    """
+    async with conversations.one_at_a_time(key):
+        plan = await conversations.plan(kind, key, request)
+        answers: list[Answer] = []
+        try:
+            await respond(plan, answers.append)
+        finally:
+            # Shielded and bounded: the server reports a finished exchange as
+            # a disconnect, which must not cut this short.
+            with trio.move_on_after(10, shield=True):
+                if answers:
+                    answer = answers[0]
+                    await conversations.remember(
+                        plan, answer.candidate, answer.thread_id, answer.turn_id, answer.content
+                    )
+                await conversations.finish(plan)
