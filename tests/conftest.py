@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -11,6 +14,33 @@ from codex_bridge.codex_binary import CodexBinaryNotFound, find_codex_binary
 from fixtures.scripted_model import ScriptedModelServer, run_scripted_model
 from supervisor.reaper import MANAGED_PIDS, enable_subreaper, reap_all_orphans
 from tests.helpers import SESSION_PROCESSES, describe_processes, leftover_processes
+
+#: Every async test runs within this many seconds, by trio's own deadline: a
+#: hung test fails alone and unwinds (its fixtures and nurseries close, its
+#: processes are reaped). pytest-timeout (120 s, pyproject.toml) only backs
+#: it up: its signal lands in trio's event loop and ends the whole run.
+TEST_DEADLINE_S = 100.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        test = getattr(item, "obj", None)
+        # Not on the autojump clock: waiting on a real process there, it
+        # would jump to any deadline at once (pytest-timeout bounds those).
+        virtual = "autojump_clock" in getattr(item, "fixturenames", ())
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(test) and not virtual:
+            item.obj = _bounded(test, TEST_DEADLINE_S)
+
+
+def _bounded(
+    test: Callable[..., Awaitable[None]], deadline_s: float
+) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> None:
+        with trio.fail_after(deadline_s):
+            await test(*args, **kwargs)
+
+    return bounded
 
 
 @pytest.fixture(scope="session", autouse=True)
