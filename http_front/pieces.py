@@ -70,7 +70,7 @@ class ToolCard:
     result: Any
     summary: str
     #: Shown in full inside the card, when the result alone says too little.
-    body: str | None = None
+    body: str = ""
 
 
 @attrs.frozen

@@ -32,16 +32,7 @@ from supervisor import TurnEnded
 
 from .blocks import unwrap_command
 from .errors import turn_error
-from .pieces import (
-    CommandCard,
-    FileChangeCard,
-    Piece,
-    PlanCard,
-    Reasoning,
-    Status,
-    Text,
-    ToolCard,
-)
+from .pieces import CommandCard, FileChangeCard, Piece, PlanCard, Reasoning, Status, Text, ToolCard
 
 
 def _text(value: Any) -> str:

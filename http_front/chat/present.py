@@ -18,16 +18,7 @@ from typing import Any
 import attrs
 
 from ..blocks import command_block, file_change_block, plan_block, tool_block
-from ..pieces import (
-    CommandCard,
-    FileChangeCard,
-    Piece,
-    PlanCard,
-    Reasoning,
-    Status,
-    Text,
-    ToolCard,
-)
+from ..pieces import CommandCard, FileChangeCard, Piece, PlanCard, Reasoning, Status, Text, ToolCard
 
 
 class ReasoningFormat(enum.StrEnum):
@@ -125,31 +116,14 @@ class ChatPresenter:
         return self._content(self._separator() + markup)
 
     def _command(self, card: CommandCard) -> list[ChatDelta]:
-        return self._card(
-            command_block(
-                command=card.command,
-                status=card.status,
-                exit_code=card.exit_code,
-                duration_ms=card.duration_ms,
-                output=card.output,
-                output_lines=self.options.command_output_lines,
-                declined_by=card.declined_by,
-            )
-        )
+        lines = self.options.command_output_lines
+        return self._card(command_block(**attrs.asdict(card, recurse=False), output_lines=lines))
 
     def _file_change(self, card: FileChangeCard) -> list[ChatDelta]:
         return self._card(file_change_block(card.changes, card.status, card.declined_by))
 
     def _tool(self, card: ToolCard) -> list[ChatDelta]:
-        return self._card(
-            tool_block(
-                name=card.name,
-                arguments=card.arguments,
-                result=card.result,
-                summary=card.summary,
-                body=card.body or "",
-            )
-        )
+        return self._card(tool_block(**attrs.asdict(card, recurse=False)))
 
     def _plan(self, card: PlanCard) -> list[ChatDelta]:
         return self._card(plan_block(card.steps, card.explanation))
