@@ -59,9 +59,18 @@ class ChatPresenter:
         self._in_think = False
 
     def present(self, piece: Piece) -> list[ChatDelta]:
+        if type(piece) is Text and not piece.new_paragraph and not self._in_think:
+            # The hot path: a delta of the answer's text.
+            text = piece.text
+            self._tail = (self._tail + text)[-2:]
+            self._content_parts.append(text)
+            self.shown += 1
+            return [ChatDelta(content=text)]
         deltas = _PRESENTERS[type(piece)](self, piece)
         self.shown += len(deltas)
-        self._content_parts.extend(d.content for d in deltas if d.content)
+        for delta in deltas:
+            if delta.content:
+                self._content_parts.append(delta.content)
         return deltas
 
     def content(self) -> str:

@@ -181,17 +181,15 @@ async def _pump(
     feed = renderer.feed
     present = presenter.present
     encode = encoder.delta
-
-    def frames_of(event: object) -> list[bytes]:
-        return [encode(d) for p in feed(event) for d in present(p)]
-
     while True:
         event = await turn.next_event()
         if event is None:
             return
-        frames = frames_of(event)
-        for more in turn.next_events_nowait(_BATCH):
-            frames.extend(frames_of(more))
+        frames: list[bytes] = []
+        for one in (event, *turn.next_events_nowait(_BATCH)):
+            for piece in feed(one):
+                for delta in present(piece):
+                    frames.append(encode(delta))
         if frames:
             await out.send(b"".join(frames))
         if isinstance(event, TurnEnded):
