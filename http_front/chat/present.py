@@ -59,7 +59,7 @@ class ChatPresenter:
         self._in_think = False
 
     def present(self, piece: Piece) -> list[ChatDelta]:
-        if type(piece) is Text and not piece.new_paragraph and not self._in_think:
+        if type(piece) is Text and piece.text and not piece.new_paragraph and not self._in_think:
             # The hot path: a delta of the answer's text.
             text = piece.text
             self._tail = (self._tail + text)[-2:]
