@@ -20,7 +20,6 @@ import trio
 
 from bridge.messages import Notification
 from bridge.protocol import (
-    TURN_EVENT_PARSERS,
     AgentMessageDelta,
     ItemCompleted,
     ItemStarted,
@@ -32,6 +31,7 @@ from bridge.protocol import (
     TurnErrorEvent,
     TurnEvent,
     TurnStatus,
+    parse_turn_event,
 )
 
 from .outcome import CodexError, FailureKind, TurnEnded, TurnOutcome
@@ -226,12 +226,7 @@ class Turn:
         method = notification.method
         if method in _IGNORED_METHODS:
             return
-        parser = TURN_EVENT_PARSERS.get(method)
-        event = (
-            parser(notification.params)
-            if parser is not None
-            else OtherEvent(method, notification.params)
-        )
+        event = parse_turn_event(notification)
         if isinstance(event, TurnCompleted):
             if self.turn_id and event.turn_id and event.turn_id != self.turn_id:
                 return  # a previous turn of this thread, not ours
