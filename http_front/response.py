@@ -196,7 +196,6 @@ class EventStream:
         self._keepalive_scope = trio.CancelScope()
         self._keepalive_done = trio.Event()
         self.started = False
-        self.finished = False
 
     async def start(self, first: bytes) -> None:
         """Send the response's head and its first frames; keepalive begins."""
@@ -216,7 +215,6 @@ class EventStream:
         self._keepalive_scope.cancel()
         if self.started:
             await self._keepalive_done.wait()
-        self.finished = True
         await self._exchange._write(frames, last=True)
 
     async def _keep_alive(self) -> None:
