@@ -6,6 +6,11 @@ and on the way out — cancellation, a stop request, the process dying — alway
 reaps it: close stdin, wait, SIGTERM the group, wait, SIGKILL the group, wait.
 Every turn still running on the child is failed with the exit reason, so no
 client waits on a dead process.
+
+codex's stderr (its ``tracing`` log) reaches ours at the level codex gave each
+line — WARN at WARNING, ERROR and panics at ERROR, the rest at DEBUG —
+stripped of colour codes, and rate limited: codex repeating itself (a retry
+loop) must not bury everything else (:class:`StderrLog`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import collections
 import contextlib
 import enum
 import logging
+import math
 import os
+import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -145,6 +152,7 @@ class Child:
         self.stopping = False
         self.planned_stop = False
         self._stop_reason: str | None = None
+        self._stop_kind: str | None = None
         self._stop = trio.Event()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._client: CodexClient | None = None
@@ -173,33 +181,45 @@ class Child:
         return self._stop_reason
 
     @property
+    def stop_kind(self) -> str | None:
+        """The category the stopper gave with :attr:`stop_reason` (the pool's
+        restart counts), if it gave one."""
+        return self._stop_kind
+
+    @property
     def usable(self) -> bool:
         return self.state is ChildState.READY
 
     def request_stop(
-        self, reason: str = "stopped by the supervisor", *, planned: bool = True
+        self,
+        reason: str = "stopped by the supervisor",
+        *,
+        planned: bool = True,
+        kind: str | None = None,
     ) -> None:
         """Ask ``run`` to stop the process (gracefully) and return.
 
         From this moment on the child takes no new turn: it is ``STOPPING``
-        until reaped, however long the process takes to go.
+        until reaped, however long the process takes to go. The first request
+        decides the reason, whether it was planned, and its ``kind``.
         """
         if not self._stop.is_set():
             self._stop_reason = reason
+            self._stop_kind = kind
             self.planned_stop = planned
             self.stopping = True
         if self.state is not ChildState.STOPPED:
             self.state = ChildState.STOPPING
         self._stop.set()
 
-    def kill(self, reason: str) -> None:
+    def kill(self, reason: str, *, kind: str | None = None) -> None:
         """Stop a child that cannot be trusted to stop by itself (hung, stopped).
 
         Everything waiting on it fails at once (:class:`PeerClosed`), the
         process group gets SIGKILL now instead of after the graceful steps,
         and ``run`` reaps it as usual.
         """
-        self.request_stop(reason, planned=False)
+        self.request_stop(reason, planned=False, kind=kind)
         if self._client is not None:
             self._client.peer.close(reason)
         if self.pid is not None and self.state is not ChildState.STOPPED:
@@ -298,7 +318,10 @@ class Child:
                 # Unless it went away by itself, we end it (cancellation, a
                 # failed handshake or a stop request).
                 ended_by_us = not went_away and start_error is None
-                code = await self._reap(process)
+                # Planned: a stop asked for as such, or the owner cancelling
+                # us (the service shutting down), not a kill or a failure.
+                planned = self.planned_stop if self._stop.is_set() else ended_by_us
+                code = await self._reap(process, planned=planned)
                 MANAGED_PIDS.discard(process.pid)
                 self.exit_code = code
                 self.exit_reason = self._describe_exit(code, ended_by_us)
@@ -365,18 +388,29 @@ class Child:
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream) -> None:
         framer = LineFramer(64 * 1024)
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            for line in framer.feed(data):
-                if isinstance(line, bytes):
-                    text = line.decode("utf-8", "replace")
-                    self._stderr_tail.append(text)
-                    log.debug("%s stderr: %s", self.name, text)
+        stderr = StderrLog(log, self.name)
+        try:
+            while True:
+                data: bytes | bytearray = b""
+                # Wakes up when a summary of suppressed lines is owed, so it
+                # is logged when its window ends even if codex fell silent.
+                with trio.move_on_at(stderr.due) as timer:
+                    try:
+                        data = await stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                if timer.cancelled_caught:
+                    stderr.flush()
+                    continue
+                if not data:
+                    return
+                for line in framer.feed(data):
+                    if isinstance(line, bytes):
+                        text = strip_ansi(line.decode("utf-8", "replace"))
+                        self._stderr_tail.append(text)
+                        stderr.line(text)
+        finally:
+            stderr.flush(final=True)
 
     def stderr_tail(self, lines: int = 3) -> str:
         return " | ".join(list(self._stderr_tail)[-lines:])
@@ -398,8 +432,13 @@ class Child:
         tail = self.stderr_tail()
         return how + (f" (stderr: {tail})" if tail and code != 0 else "")
 
-    async def _reap(self, process: SupervisedProcess) -> int | None:
-        """Stop the process group; always waits for the process to be reaped."""
+    async def _reap(self, process: SupervisedProcess, *, planned: bool) -> int | None:
+        """Stop the process group; always waits for the process to be reaped.
+
+        SIGTERM is one of the graceful steps: codex may take longer than the
+        grace to finish on EOF (a turn cut short by a drain), and a planned
+        stop that needs it is routine (INFO). Refusing SIGTERM is not.
+        """
         grace = self.launch.stop_grace_s
         # Seen now, while its guardian is alive: some run in sessions of their
         # own, out of reach of the group kill below.
@@ -410,7 +449,11 @@ class Child:
             with trio.move_on_after(grace):
                 await process.wait()
         if process.returncode is None:
-            log.warning("%s: did not exit on EOF; sending SIGTERM to its group", self.name)
+            log.log(
+                logging.INFO if planned else logging.WARNING,
+                "%s: did not exit on EOF; sending SIGTERM to its group",
+                self.name,
+            )
             _killpg(process.pid, signal.SIGTERM)
             with trio.move_on_after(grace):
                 await process.wait()
@@ -424,6 +467,187 @@ class Child:
         if left:
             log.warning("%s: processes %s of its group outlived it", self.name, left)
         return process.returncode
+
+
+#: ANSI escape sequences: CSI (colours, cursor moves), OSC ended by BEL or
+#: ST (titles, hyperlinks), and the short ones (``ESC (B``, ``ESC 7``, ...).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
+#: The level of a ``tracing`` line, after an optional timestamp (RFC 3339 or
+#: an uptime: a first word that starts with a digit); ``[`` for env_logger.
+_LEVEL = re.compile(r"^\[?\s*(?:\d\S*\s+)?(TRACE|DEBUG|INFO|WARN(?:ING)?|ERROR)\b")
+#: A Rust panic: ``thread 'main' panicked at src/x.rs:1:2:`` (older: ``panicked at 'msg'``).
+_PANIC = re.compile(r"^thread '[^']*' panicked|\bpanicked at\b")
+_LEVELS = {"WARN": logging.WARNING, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_NUMBER = re.compile(r"\d+")
+#: Bounds on what :class:`StderrLog` keeps per message (lines may be 64 KiB).
+_KEY_CHARS = 300
+_EXAMPLE_CHARS = 2000
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (codex colours its log on a TTY,
+    and sometimes when it is not one)."""
+    return _ANSI.sub("", text) if "\x1b" in text else text
+
+
+def stderr_level(text: str) -> int:
+    """The logging level for a stderr line of codex (escape sequences stripped).
+
+    WARN is WARNING; ERROR and a panic are ERROR; INFO, DEBUG, TRACE and
+    anything unrecognised stay DEBUG: codex's chatter is not ours to raise.
+    """
+    match = _LEVEL.match(text)
+    if match is not None and match[1] in _LEVELS:
+        return _LEVELS[match[1]]
+    if _PANIC.search(text):
+        return logging.ERROR
+    return logging.DEBUG
+
+
+def stderr_key(text: str) -> str:
+    """What makes stderr lines "the same message": their text with every number
+    (the timestamp, a retry count, a delay) made alike, cut to a bounded length."""
+    return _NUMBER.sub("#", text)[:_KEY_CHARS]
+
+
+@attrs.define
+class _Repeats:
+    """One message's current window in :class:`StderrLog`."""
+
+    since: float
+    logged: int = 0
+    suppressed: int = 0
+    #: The highest level suppressed, and the last line suppressed (for the summary).
+    level: int = logging.DEBUG
+    example: str = ""
+
+
+class StderrLog:
+    """Log a child's stderr lines at their level without letting repeats flood the log.
+
+    Each distinct message (:func:`stderr_key`) gets ``per_message`` lines per
+    ``window_s`` from its first one; the rest are counted and reported in one
+    line, "<message> (N similar lines suppressed)", once that window has
+    ended (:attr:`due` says when, :meth:`flush` reports). Warnings and errors
+    also share a cap of ``warn_cap`` lines per window, whatever their text (a
+    child can vary its messages). At most ``max_messages`` messages are
+    tracked; the one seen least recently is forgotten (its count reported
+    first), so memory stays bounded whatever the child writes.
+
+    Not :class:`bridge.log_limit.LogLimiter`: that has one window for every
+    line and reports at WARNING "more lines like the above", which names no
+    message once several repeat at once, nor leaves DEBUG lines at DEBUG.
+    ``clock`` is ``trio.current_time``, so tests run it on virtual time.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        name: str,
+        *,
+        per_message: int = 5,
+        warn_cap: int = 50,
+        window_s: float = 60.0,
+        max_messages: int = 256,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._logger = logger
+        self._name = name
+        self.per_message = per_message
+        self.warn_cap = warn_cap
+        self.window_s = window_s
+        self.max_messages = max_messages
+        self._clock = clock
+        self._messages: collections.OrderedDict[str, _Repeats] = collections.OrderedDict()
+        self._cap_since = -math.inf
+        self._cap_used = 0
+        self._cap_suppressed = 0
+        self._cap_level = logging.WARNING
+        self._due = math.inf
+
+    @property
+    def due(self) -> float:
+        """When the next summary is owed (``inf``: none is)."""
+        return self._due
+
+    def line(self, text: str) -> None:
+        """Log (or count) one stderr line, escape sequences already stripped."""
+        level = stderr_level(text)
+        if not self._logger.isEnabledFor(level):
+            return  # nothing to flood: not even tracked
+        now = self._clock()
+        if now >= self._due:
+            self.flush()
+        key = stderr_key(text)
+        seen = self._messages.get(key)
+        if seen is None or now - seen.since >= self.window_s:
+            # (an ended window with lines suppressed was reported by flush)
+            seen = self._messages[key] = _Repeats(now)
+            if len(self._messages) > self.max_messages:
+                _, old = self._messages.popitem(last=False)
+                self._summarise(old)
+        self._messages.move_to_end(key)
+        if seen.logged < self.per_message:
+            seen.logged += 1
+            self._emit(level, "%s stderr: %s", (self._name, text))
+        else:
+            seen.suppressed += 1
+            seen.level = max(seen.level, level)
+            seen.example = text[:_EXAMPLE_CHARS]
+            self._due = min(self._due, seen.since + self.window_s)
+
+    def flush(self, *, final: bool = False) -> None:
+        """Report what was suppressed in windows that have ended (``final``: in all)."""
+        now = self._clock()
+        if self._cap_suppressed and now - self._cap_since >= self.window_s:
+            self._report_capped()
+        for key, seen in list(self._messages.items()):
+            if seen.suppressed and (final or now - seen.since >= self.window_s):
+                del self._messages[key]
+                self._summarise(seen)
+        if final and self._cap_suppressed:
+            self._report_capped()
+        due = [seen.since + self.window_s for seen in self._messages.values() if seen.suppressed]
+        if self._cap_suppressed:
+            due.append(self._cap_since + self.window_s)
+        self._due = min(due, default=math.inf)
+
+    def _summarise(self, seen: _Repeats) -> None:
+        if seen.suppressed:
+            self._emit(
+                seen.level,
+                "%s stderr: %s (%d similar lines suppressed)",
+                (self._name, seen.example, seen.suppressed),
+                count=seen.suppressed,
+            )
+
+    def _emit(self, level: int, message: str, args: tuple[object, ...], count: int = 1) -> None:
+        """Log, within the cap on warnings and errors (``count``: lines it stands for)."""
+        if level >= logging.WARNING:
+            now = self._clock()
+            if now - self._cap_since >= self.window_s:
+                if self._cap_suppressed:
+                    self._report_capped()
+                self._cap_since, self._cap_used = now, 0
+            if self._cap_used >= self.warn_cap:
+                self._cap_suppressed += count
+                self._cap_level = max(self._cap_level, level)
+                self._due = min(self._due, self._cap_since + self.window_s)
+                return
+            self._cap_used += 1
+        self._logger.log(level, message, *args)
+
+    def _report_capped(self) -> None:
+        self._logger.log(
+            self._cap_level,
+            "%s stderr: ... (%d more warning and error lines suppressed: over %d in %gs)",
+            self._name,
+            self._cap_suppressed,
+            self.warn_cap,
+            self.window_s,
+        )
+        self._cap_suppressed = 0
+        self._cap_level = logging.WARNING
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

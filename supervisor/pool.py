@@ -25,17 +25,22 @@ loads it all. The log says so once per change, not once per child.
 
 Planned stops (an operator's restart, recycling after N turns or above an RSS
 limit) go through *draining*: the child takes no new turns, its running turns
-finish (bounded by ``drain_timeout_s``), then it is replaced at once.
+finish (bounded by ``drain_timeout_s``), then it is replaced at once. They are
+routine and log at INFO only; a crash, a kill or a hang logs WARNING or ERROR.
+
+Every child that ends is counted by why, in :attr:`Pool.restart_counts`
+(one :class:`ExitKind` each: the ``reason`` of the restarts metric).
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import math
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -54,6 +59,25 @@ _KILL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal
 
 class UnknownChild(Exception):
     pass
+
+
+class ExitKind(enum.StrEnum):
+    """Why a child ended, as a category an operator can count and alert on."""
+
+    #: Planned: drained, then replaced.
+    OPERATOR = "operator"
+    ROLLING = "rolling"
+    RECYCLED_TURNS = "recycled_turns"
+    RECYCLED_RSS = "recycled_rss"
+    #: codex's login or config changed, and it reads them only at start.
+    CREDENTIALS = "credentials"
+    #: Killed by the pool: it stopped answering (or left a turn running).
+    HUNG = "hung"
+    #: Unplanned, on its own: counted by the crash-loop breaker.
+    CRASHED = "crashed"
+    #: Unplanned: a signal from outside (``kill -9``, the OOM killer).
+    KILLED = "killed"
+    EXITED = "exited"
 
 
 @attrs.define(eq=False)
@@ -121,6 +145,7 @@ class Pool:
         self.paused = False  # the whole pool drained by an operator
         #: The authentication state last logged (None: fine, or not known yet).
         self._auth_logged: str | None = None
+        self._restart_counts = dict.fromkeys(map(str, ExitKind), 0)
 
     # -- observers -------------------------------------------------------------
 
@@ -131,6 +156,15 @@ class Pool:
     @property
     def restarts(self) -> list[int]:
         return [slot.restarts for slot in self.slots_state]
+
+    @property
+    def restart_counts(self) -> Mapping[str, int]:
+        """Children that ended (and were replaced), by :class:`ExitKind`; a copy.
+
+        Every kind is there from the start, at 0, so a counter built on it
+        exists before its first increment.
+        """
+        return dict(self._restart_counts)
 
     @property
     def last_exit_reason(self) -> list[str | None]:
@@ -269,15 +303,21 @@ class Pool:
             child.state = ChildState.READY
             self._notify()
 
-    def restart(self, child: Child, reason: str) -> trio.Event:
-        """Drain ``child`` and replace it; returns an event set once replaced."""
+    def restart(self, child: Child, reason: str, *, kind: str | None = None) -> trio.Event:
+        """Drain ``child`` and replace it; returns an event set once replaced.
+
+        ``kind`` (an :class:`ExitKind`) is what the restart counts as; without
+        one it is an operator's.
+        """
+        # An unknown kind fails here, not in a metric.
+        exit_kind = ExitKind.OPERATOR if kind is None else ExitKind(kind)
         slot = self.slot_of(child)
         if slot.replaced is not None and child.stopping:
             return slot.replaced
         slot.replaced = trio.Event()
         if self._nursery is None:
             raise RuntimeError("the pool is not running")
-        self._nursery.start_soon(self._drain_and_stop, child, reason)
+        self._nursery.start_soon(self._drain_and_stop, child, reason, exit_kind)
         return slot.replaced
 
     def kill(self, child: Child, reason: str) -> None:
@@ -285,7 +325,7 @@ class Pool:
         if child.state in (ChildState.STOPPING, ChildState.STOPPED):
             return
         log.error("%s: %s; killing it", child.name, reason)
-        child.kill(reason)
+        child.kill(reason, kind=ExitKind.HUNG)
         self._notify()
 
     async def rolling_restart(self) -> bool:
@@ -299,7 +339,7 @@ class Pool:
                 child = slot.child
                 if child is None or child.state is ChildState.STOPPED:
                     continue
-                await self.restart(child, "rolling restart").wait()
+                await self.restart(child, "rolling restart", kind=ExitKind.ROLLING).wait()
         finally:
             self.rolling_restart_running = False
             self._notify()
@@ -316,9 +356,13 @@ class Pool:
         """Called by the multiplexer after each turn: recycle by turn count."""
         limit = self.policy.recycle_after_turns
         if limit and child.turns_served >= limit and child.state is ChildState.READY:
-            self.restart(child, f"recycled after {child.turns_served} turns")
+            self.restart(
+                child,
+                f"recycled after {child.turns_served} turns",
+                kind=ExitKind.RECYCLED_TURNS,
+            )
 
-    async def _drain_and_stop(self, child: Child, reason: str) -> None:
+    async def _drain_and_stop(self, child: Child, reason: str, kind: ExitKind) -> None:
         if child.state in (ChildState.READY, ChildState.STARTING):
             child.state = ChildState.DRAINING
         child.stopping = True
@@ -332,7 +376,7 @@ class Pool:
                 FailureKind.CHILD_EXITED,
                 f"codex app-server {child.name} was restarted ({reason}) before the turn ended",
             )
-        child.request_stop(reason, planned=True)
+        child.request_stop(reason, planned=True, kind=kind)
 
     # -- running ---------------------------------------------------------------------
 
@@ -378,17 +422,21 @@ class Pool:
                 self._notify()
             slot.restarts += 1
             if child.planned_stop:
+                kind = child.stop_kind or ExitKind.EXITED
                 crashes, delay = 0, 0.0
                 log.info("%s: %s; replacing it", child.name, child.exit_reason)
             elif self._crashed(child):
+                kind = ExitKind.CRASHED
                 crashes += 1
                 delay = self._backoff(crashes)
                 self._count_exit(slot)
                 log.warning("%s: %s; restarting in %.2fs", child.name, child.exit_reason, delay)
             else:
                 # It ran and was killed: nothing says a new one will not start fine.
+                kind = self._killed_kind(child)
                 crashes, delay = 0, 0.0
                 log.warning("%s: %s; replacing it", child.name, child.exit_reason)
+            self._restart_counts[kind] = self._restart_counts.get(kind, 0) + 1
             await trio.sleep(delay)
 
     def _crashed(self, child: Child) -> bool:
@@ -404,6 +452,15 @@ class Pool:
         if child.stopping or child.exit_signal in _KILL_SIGNALS:
             return False
         return trio.current_time() - child.ready_at < self.policy.crash_loop_window_s
+
+    @staticmethod
+    def _killed_kind(child: Child) -> str:
+        """The kind of an unplanned end that was no crash (see :meth:`_crashed`)."""
+        if child.stop_reason is not None:  # only a kill stops a child unplanned
+            return child.stop_kind or ExitKind.HUNG
+        if child.exit_signal in _KILL_SIGNALS:
+            return ExitKind.KILLED
+        return ExitKind.EXITED  # e.g. it exited by itself while being drained
 
     def _count_exit(self, slot: Slot) -> None:
         now = trio.current_time()
@@ -493,7 +550,8 @@ class Pool:
         if child.state is ChildState.READY:
             if problem is None:
                 # codex re-reads config.toml for account/read and new threads,
-                # but keeps the model catalog it loaded at start.
+                # but keeps the model catalog it loaded at start. (Counted as
+                # credentials: it is how a provider's key reaches codex.)
                 why = "codex's config changed; replacing the child to load it whole"
             elif child.credentials_changed():
                 # codex reads its stored login once, at start.
@@ -503,7 +561,7 @@ class Pool:
             if why:
                 log.info("%s: %s", child.name, why)
                 self.drain(child)  # now, so that no request sees it half-changed
-                self.restart(child, why)
+                self.restart(child, why, kind=ExitKind.CREDENTIALS)
         self._auth_checked(child)
 
     def _auth_checked(self, child: Child) -> None:
@@ -525,7 +583,11 @@ class Pool:
             for child in self.children:
                 rss = rss_mib(child.pid)
                 if child.state is ChildState.READY and rss is not None and rss > limit:
-                    self.restart(child, f"recycled at {rss:.0f} MiB RSS (limit {limit:g})")
+                    self.restart(
+                        child,
+                        f"recycled at {rss:.0f} MiB RSS (limit {limit:g})",
+                        kind=ExitKind.RECYCLED_RSS,
+                    )
 
     def _backoff(self, failures: int) -> float:
         base = min(

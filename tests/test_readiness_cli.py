@@ -136,7 +136,11 @@ async def test_not_logged_in_live_but_not_ready_until_a_login_is_stored(
     assert all(c["auth_problem"] is None for c in after["children"])
     # codex reads auth.json at start only: the children were replaced to see it
     assert not {c["pid"] for c in after["children"]} & set(before)
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = [  # the bridge's own (codex's stderr lines at ERROR are codex's)
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and " stderr: " not in r.getMessage()
+    ]
     assert [r.getMessage() for r in errors] == [body["reason"]]
     recovered = [r for r in caplog.records if "can reach its model now" in r.getMessage()]
     assert len(recovered) == 1
