@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from typing import Any
 
 from .messages import JsonObject, Notification, ServerRequest, structure
@@ -17,6 +18,7 @@ from .protocol import (
     InjectItemsParams,
     ModelInfo,
     ModelListResult,
+    RateLimitWindow,
     ThreadResumeParams,
     ThreadRevertParams,
     ThreadStartParams,
@@ -24,6 +26,7 @@ from .protocol import (
     TurnInterruptParams,
     TurnStartParams,
     TurnStartResult,
+    parse_rate_limits,
     to_wire,
 )
 
@@ -103,7 +106,21 @@ class CodexClient:
     ) -> None:
         self.peer = peer
         self.approval_policy = approval_policy
+        #: The account's rate-limit windows as codex last reported them
+        #: (``account/rateLimits/updated``, after each model response).
+        self.rate_limits: tuple[RateLimitWindow, ...] = ()
+        self.rate_limits_at = 0.0  # time.monotonic() of that report
         peer.on_server_request = self._answer_server_request
+        peer.on_notification = self._on_notification
+
+    def _on_notification(self, notification: Notification) -> None:
+        """Notifications of no thread with a sink: the account's rate limits
+        are kept; the others carry nothing the bridge uses."""
+        if notification.method == "account/rateLimits/updated":
+            windows = parse_rate_limits(notification.params)
+            if windows:
+                self.rate_limits = windows
+                self.rate_limits_at = time.monotonic()
 
     async def _answer_server_request(self, request: ServerRequest) -> Any:
         answer = approval_answer(self.approval_policy, request)

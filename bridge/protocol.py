@@ -423,3 +423,44 @@ def parse_turn_event(notification: Notification) -> TurnEvent:
     if parser is None:
         return OtherEvent(notification.method, notification.params)
     return parser(notification.params)
+
+
+# -- account -----------------------------------------------------------------
+
+
+@attrs.frozen
+class RateLimitWindow:
+    """One window of the account's rate limit, as codex last reported it."""
+
+    name: str  # "primary" or "secondary"
+    used_percent: float
+    window_minutes: int | None = None
+    resets_at: int | None = None  # unix seconds
+
+
+def parse_rate_limits(params: JsonObject) -> tuple[RateLimitWindow, ...]:
+    """The windows of ``account/rateLimits/updated`` (or the snapshot that
+    ``account/rateLimits/read`` answers); none when codex knows none — a
+    provider without rate-limit headers reports every window as null."""
+    snapshot = params.get("rateLimits")
+    if not isinstance(snapshot, dict):
+        return ()
+    windows: list[RateLimitWindow] = []
+    for name in ("primary", "secondary"):
+        window = snapshot.get(name)
+        if not isinstance(window, dict):
+            continue
+        used = window.get("usedPercent")
+        if isinstance(used, bool) or not isinstance(used, int | float):
+            continue
+        minutes = window.get("windowDurationMins")
+        resets = window.get("resetsAt")
+        windows.append(
+            RateLimitWindow(
+                name,
+                float(used),
+                minutes if isinstance(minutes, int) and not isinstance(minutes, bool) else None,
+                resets if isinstance(resets, int) and not isinstance(resets, bool) else None,
+            )
+        )
+    return tuple(windows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import logging
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +25,7 @@ from .admin_cli import add_pool_commands, run_pool_command
 from .codex_binary import CodexBinaryNotFound, find_codex_binary
 from .config import ConfigError, Settings, SettingSpec, load_settings, setting_specs
 from .login import add_login_command, run_login
+from .logs import configure_logging
 from .service import ListenError, child_launch, run_service
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -186,14 +186,6 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve(args: argparse.Namespace) -> int:
     overrides = setting_overrides(args)
     try:
@@ -201,7 +193,7 @@ def serve(args: argparse.Namespace) -> int:
         launch = child_launch(settings)
     except (ConfigError, CodexBinaryNotFound) as exc:
         return _fail(str(exc))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return run_or_fail(partial(run_service, settings, launch=launch, handle_signals=True))
 
 

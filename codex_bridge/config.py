@@ -309,6 +309,14 @@ class Settings:
     log_level: str = attrs.field(
         default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"])
     )
+    #: Log lines as text, or as one JSON object per line.
+    log_format: str = attrs.field(default="text", validator=attrs.validators.in_(["text", "json"]))
+    #: Put the prompt and the answer into each turn's log line (off: never).
+    log_content: bool = False
+    #: Collect Prometheus metrics and serve them on /metrics.
+    metrics: bool = True
+    #: Serve /metrics to anyone who may reach the port (off: the admin API's rule).
+    metrics_public: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.check_exposure()

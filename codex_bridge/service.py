@@ -34,6 +34,7 @@ from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
 from http_front.options import FrontOptions
 from http_front.response import BodyLimits
+from http_front.telemetry import Telemetry
 from supervisor import Supervisor
 from supervisor.child import API_KEY_VARIABLES, ChildLaunch
 from supervisor.command_policy import (
@@ -242,6 +243,12 @@ async def run_service(
             cors_origins=settings.cors_origins,
             allow_headers=settings.conversation_headers.split(","),
         ),
+        telemetry=Telemetry(
+            supervisor,
+            log_content=settings.log_content,
+            metrics=settings.metrics,
+        ),
+        metrics_public=settings.metrics_public,
     )
     hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/408/431 answers
     config = HypercornConfig()
@@ -252,7 +259,9 @@ async def run_service(
     # By the time the server is told to stop, every turn has ended; this only
     # bounds the last writes of their responses.
     config.graceful_timeout = 5.0
-    config.accesslog = logging.getLogger("codex_bridge.access")
+    # One access line per request comes from the app (http_front.telemetry),
+    # with its request id; Hypercorn's own would add a second for some.
+    config.accesslog = None
     config.errorlog = logging.getLogger("codex_bridge.http")
     shutdown_requested = trio.Event()
     stop_server = trio.Event()

@@ -11,8 +11,8 @@ route added later is covered without saying so.
 presented key is hashed and compared with :func:`hmac.compare_digest` against
 every configured digest, all of them, whatever matched. The admin token is
 not an API key, and no API key opens ``/admin/`` (its own token guards it).
-A key's name is put in the request's scope (:data:`SCOPE_KEY`) and in the
-context variable :data:`request_key`, for the log lines about the request.
+A key's name goes into the request's record (:mod:`http_front.telemetry`),
+for the log lines about the request and the tokens counted by key.
 A key may have ``max_concurrent_turns``: every POST to a model route under
 that key counts (each runs at most one turn) from the moment it is admitted
 until the last message of its response is sent or its handler returns,
@@ -54,7 +54,6 @@ that is not a preflight (no ``Origin`` or no
 
 from __future__ import annotations
 
-import contextvars
 import enum
 import hashlib
 import hmac
@@ -72,13 +71,6 @@ from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
-#: Where the name of the request's API key is kept in the ASGI scope.
-SCOPE_KEY = "codex_bridge.api_key"
-#: The name of the API key of the request being served (None: no keys).
-request_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_key", default=None
-)
-
 WILDCARD = "*"
 #: Seconds a 429 for a key's concurrency limit asks the client to wait.
 KEY_BUSY_RETRY_AFTER_S = 1.0
@@ -91,17 +83,12 @@ BASE_ALLOW_HEADERS = (
     "x-request-id",
 )
 ALLOW_METHODS = b"GET, POST, OPTIONS"
-EXPOSE_HEADERS = b"retry-after, x-request-id, www-authenticate"
+EXPOSE_HEADERS = b"retry-after, x-request-id, server-timing, www-authenticate"
 PREFLIGHT_MAX_AGE_S = 600
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 _MAX_REQUESTED_HEADERS = 50
-
-
-def key_label() -> str:
-    """``key=<name>`` of the request being served, for log lines."""
-    return f"key={request_key.get() or '-'}"
 
 
 # -- API keys -------------------------------------------------------------------------------

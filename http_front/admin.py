@@ -14,12 +14,24 @@ of origins not allowed are refused before this app is reached (see
     POST /admin/children/{name}/restart      drain one child, replace it (202)
     POST /admin/children/{name}/drain        no new turns for it
     POST /admin/children/{name}/undrain      back in service
+
+``GET /admin/`` is the operator's status page (``status_page.html``): it
+holds no data, so it is served to whoever passes the Origin check, and the
+page reads and acts through the endpoints above, under their rule (the token
+it asks for on a 401 is kept in the tab's ``sessionStorage``). It loads
+nothing from anywhere else; its Content-Security-Policy lets it run only its
+own inline script and style (by hash) and talk only to this origin.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from supervisor import ChildRef, Supervisor, UnknownChild
@@ -27,14 +39,52 @@ from supervisor import ChildRef, Supervisor, UnknownChild
 from .access import client_is_loopback, require_loopback_host
 from .errors import ApiError
 from .response import Exchange
+from .telemetry import VERSION, Telemetry
+
+#: The operator's status page (shipped as package data, see pyproject.toml).
+STATUS_PAGE = Path(__file__).with_name("status_page.html").read_bytes()
+PAGE_CONTENT_TYPE = b"text/html; charset=utf-8"
+
+
+def _inline_hashes(page: bytes, tag: bytes) -> str:
+    """CSP sources allowing exactly the page's inline ``<tag>`` blocks."""
+    blocks = re.findall(rb"<%b>(.*?)</%b>" % (tag, tag), page, re.DOTALL)
+    return " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(block).digest()).decode()}'" for block in blocks
+    )
+
+
+def page_headers(page: bytes) -> list[tuple[bytes, bytes]]:
+    """The page's headers besides its type and length: no caching, no
+    framing, no referrer, and a CSP admitting only its own inline code."""
+    csp = (
+        f"default-src 'none'; script-src {_inline_hashes(page, b'script')}; "
+        f"style-src {_inline_hashes(page, b'style')}; connect-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+    return [
+        (b"cache-control", b"no-store"),
+        (b"content-security-policy", csp.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+
+STATUS_PAGE_HEADERS = page_headers(STATUS_PAGE)
 
 
 class AdminRoutes:
-    def __init__(self, supervisor: Supervisor, *, token: str | None = None) -> None:
+    def __init__(
+        self, supervisor: Supervisor, telemetry: Telemetry, *, token: str | None = None
+    ) -> None:
         self.supervisor = supervisor
+        self.telemetry = telemetry
         self.token = token
 
-    def _authorize(self, exchange: Exchange) -> None:
+    def authorize(self, exchange: Exchange) -> None:
+        """The admin token, or without one a local client addressing the
+        service by a loopback name; 401/403 otherwise."""
         scope = exchange.scope
         if self.token is None:
             if not client_is_loopback(scope):
@@ -61,15 +111,24 @@ class AdminRoutes:
             )
 
     async def __call__(self, exchange: Exchange) -> None:
-        self._authorize(exchange)
+        if exchange.scope["method"] == "GET" and exchange.path.rstrip("/") == "/admin":
+            await self._page(exchange)
+            return
+        self.authorize(exchange)
         method, parts = exchange.scope["method"], exchange.path.strip("/").split("/")[1:]
         status, body = self._route(method, parts)()
         await exchange.answer_json(status, body)
 
+    async def _page(self, exchange: Exchange) -> None:
+        """The status page: no data in it, so no token needed to load it."""
+        await exchange.answer_bytes(200, STATUS_PAGE, PAGE_CONTENT_TYPE, STATUS_PAGE_HEADERS)
+
     def _route(self, method: str, parts: list[str]) -> Callable[[], tuple[int, dict[str, Any]]]:
-        if parts == ["pool"]:
+        if parts in (["pool"], ["status"]):
             if method != "GET":
-                raise ApiError(405, f"method {method} is not allowed on /admin/pool")
+                raise ApiError(405, f"method {method} is not allowed on /admin/{parts[0]}")
+            if parts == ["status"]:
+                return lambda: (200, self._status())
             return lambda: (200, self.supervisor.status())
         if method != "POST":
             if parts[:1] in (["pool"], ["children"]):
@@ -93,6 +152,29 @@ class AdminRoutes:
             if act is not None:
                 return lambda: self._child_action(name, *act)
         raise ApiError(404, "no such admin endpoint", code="unknown_url")
+
+    def _status(self) -> dict[str, Any]:
+        """All the status page shows: the pool, readiness, the requests
+        being served, recent errors."""
+        supervisor, telemetry = self.supervisor, self.telemetry
+        readiness = supervisor.readiness()
+        status = supervisor.status()
+        status.update(
+            readiness={"ready": readiness.ready, "reason": readiness.reason},
+            requests=telemetry.active(),
+            recent_errors=list(telemetry.recent_errors),
+            rate_limits=[
+                {
+                    "window": w.name,
+                    "used_percent": w.used_percent,
+                    "window_minutes": w.window_minutes,
+                }
+                for w in supervisor.rate_limits()
+            ],
+            uptime_s=round(time.time() - telemetry.started_wall, 1),
+            version=VERSION,
+        )
+        return status
 
     def _rolling_restart(self) -> tuple[int, dict[str, Any]]:
         started = self.supervisor.start_rolling_restart()

@@ -9,18 +9,17 @@ its own module (see :mod:`http_front.chat`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from supervisor import Supervisor
 
 from .access import (
-    SCOPE_KEY,
     AccessPolicy,
     ApiKey,
     client_is_loopback,
     is_preflight,
-    request_key,
     require_loopback_host,
 )
 from .admin import AdminRoutes
@@ -32,12 +31,12 @@ from .health import HealthRoutes
 from .models import ModelRoutes
 from .options import FrontOptions
 from .response import BodyLimits, ClientGone, Exchange, has_body
-
-log = logging.getLogger(__name__)
+from .telemetry import RequestRecord, Telemetry
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
-#: Routes that need no API key (besides /admin/, which has its own token).
+#: Routes that need no API key (besides /admin/ and /metrics, which have
+#: the admin token).
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -59,8 +58,12 @@ class BridgeApp:
         max_header_bytes: int = 16 * 1024,
         admin_token: str | None = None,
         access: AccessPolicy | None = None,
+        telemetry: Telemetry | None = None,
+        metrics_public: bool = False,
     ) -> None:
         self.access = access or AccessPolicy()
+        self.telemetry = telemetry or Telemetry(supervisor)
+        self.metrics_public = metrics_public
         self.max_header_bytes = max_header_bytes
         conversations = conversations or Conversations(
             None, workspace_root=supervisor.workspace_dir or "."
@@ -70,12 +73,13 @@ class BridgeApp:
         )
         models = ModelRoutes(supervisor)
         health = HealthRoutes(supervisor)
-        self.admin = AdminRoutes(supervisor, token=admin_token)
+        self.admin = AdminRoutes(supervisor, self.telemetry, token=admin_token)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): chat,
             ("GET", "/v1/models"): models.list,
             ("GET", "/healthz"): health.healthz,
             ("GET", "/readyz"): health.readyz,
+            ("GET", "/metrics"): self._metrics,
         }
         self._get_model = models.get
 
@@ -85,40 +89,52 @@ class BridgeApp:
             return
         if scope["type"] != "http":
             return
+        record, token = self.telemetry.begin(scope)
+        try:
+            await self._serve(scope, receive, self.telemetry.sending(record, send), record)
+        finally:
+            self.telemetry.end(record, token)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+    ) -> None:
         path = scope["path"].rstrip("/") or "/"
-        admin = path.startswith("/admin/")
+        admin = path == "/admin" or path.startswith("/admin/")
+        # The operator's routes: no API key, the admin token's access rule.
+        operator = admin or path == "/metrics"
         try:
             # Decided on the request line and headers alone: a refusal leaves
             # the body unread, so the connection cannot be reused.
             try:
                 self._check_header_size(scope)
-                cors = self.access.origins.admit(scope, admin=admin)
+                cors = self.access.origins.admit(scope, admin=operator)
                 if is_preflight(scope):
                     await self._preflight(Exchange(scope, receive, send))
                     return
                 send = with_response_headers(send, cors)
-                key = None if admin or path in _OPEN_PATHS else self._authenticate(scope)
-                if key is None and not admin and path not in _OPEN_PATHS:
+                open_path = operator or path in _OPEN_PATHS
+                key = None if open_path else self._authenticate(scope, record)
+                if key is None and not open_path:
                     self._guard_keyless(scope)
                 handler = self._route(scope, path)
                 # Every POST to a model route may run a turn: counted per key.
-                claim = self.access.keys.claim(key if scope["method"] == "POST" else None)
+                try:
+                    claim = self.access.keys.claim(key if scope["method"] == "POST" else None)
+                except ApiError:
+                    record.refusal = "key_limit"
+                    raise
             except ApiError as exc:
                 exc.close_connection = exc.close_connection or has_body(scope)
                 raise
-            named = request_key.set(None if key is None else key.name)
-            try:
-                with claim:
-                    await handler(Exchange(scope, receive, claim.sending(send)))
-            finally:
-                request_key.reset(named)
+            with claim:
+                await handler(Exchange(scope, receive, claim.sending(send)))
         except ApiError as exc:
             await Exchange(scope, receive, send).answer_error(exc)
         except ClientGone:
             pass
 
     def _route(self, scope: Scope, path: str) -> Handler:
-        if path.startswith("/admin/"):
+        if path == "/admin" or path.startswith("/admin/"):
             return self.admin
         if path.startswith(ModelRoutes.PREFIX) and scope["method"] == "GET":
             return self._get_model
@@ -129,23 +145,23 @@ class BridgeApp:
             raise ApiError(405, f"method {scope['method']} is not allowed on {path}")
         raise ApiError(404, f"no such endpoint: {scope['method']} {path}", code="unknown_url")
 
-    def _authenticate(self, scope: Scope) -> ApiKey | None:
+    def _authenticate(self, scope: Scope, record: RequestRecord) -> ApiKey | None:
         """The request's API key (401 without a valid one when keys are configured);
-        its name goes with the request for handlers and log lines."""
-        try:
-            key = self.access.keys.authenticate(scope.get("headers", []))
-        except ApiError:
-            client = scope.get("client")
-            log.info(
-                "401 for %s %s from %s: no valid API key",
-                scope["method"],
-                scope["path"],
-                client[0] if client else "?",
-            )
-            raise
+        its name goes with the request's record, for log lines and metrics."""
+        key = self.access.keys.authenticate(scope.get("headers", []))
         if key is not None:
-            scope[SCOPE_KEY] = key.name
+            record.key = key.name
         return key
+
+    async def _metrics(self, exchange: Exchange) -> None:
+        """Prometheus's text format; the admin API's access rule unless
+        ``metrics_public``."""
+        if not self.metrics_public:
+            self.admin.authorize(exchange)
+        if not self.telemetry.metrics_enabled:
+            raise ApiError(404, "metrics are turned off (metrics = false)", code="unknown_url")
+        body = self.telemetry.exposition()
+        await exchange.answer_bytes(200, body, CONTENT_TYPE_LATEST.encode())
 
     def _check_header_size(self, scope: Scope) -> None:
         """431 past ``max_header_bytes``. The HTTP server refuses a header

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from bridge.protocol import ModelInfo
 from supervisor import Supervisor, TurnRefused
 
+from . import telemetry
 from .errors import ApiError, refusal_error
 from .response import Exchange
 
 
 async def catalog(supervisor: Supervisor) -> list[ModelInfo]:
+    """codex's models; the time it takes codex to list them is codex's."""
+    record = telemetry.current()
+    began = trio.current_time()
     try:
         return await supervisor.models()
     except TurnRefused as exc:
+        if record is not None:
+            record.refusal = exc.kind.name.lower()
         raise refusal_error(exc) from exc
+    finally:
+        if record is not None:
+            record.codex_s += trio.current_time() - began
 
 
 async def check_model(supervisor: Supervisor, model: str) -> None:

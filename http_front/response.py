@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from . import telemetry
 from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
 
@@ -101,8 +102,14 @@ class Exchange:
     async def read_body(self, limits: BodyLimits) -> bytes:
         """The whole body, within ``max_bytes`` (413) and ``timeout_s`` (408:
         a client trickling its body must not hold a request open)."""
-        with trio.move_on_after(limits.timeout_s):
-            return await self._read_body_now(limits.max_bytes)
+        began = trio.current_time()
+        record = telemetry.current()
+        try:
+            with trio.move_on_after(limits.timeout_s):
+                return await self._read_body_now(limits.max_bytes)
+        finally:
+            if record is not None:
+                record.body_s += trio.current_time() - began
         raise ApiError(
             408,
             f"the request body did not arrive within {limits.timeout_s:g}s",
@@ -153,7 +160,28 @@ class Exchange:
     ) -> None:
         await send_json(self._send, status, body, headers)
 
+    async def answer_bytes(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
     async def answer_error(self, error: ApiError) -> None:
+        telemetry.note_error(error)
         headers: list[tuple[bytes, bytes]] = list(error.headers)
         if error.retry_after_s is not None:
             headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))

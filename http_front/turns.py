@@ -26,7 +26,7 @@ from supervisor import (
     TurnRequest,
 )
 
-from .access import key_label
+from . import telemetry
 from .conversation.identity import RequestKind
 from .conversation.manager import Conversational, Conversations, Plan
 from .errors import ApiError, refusal_error, turn_error
@@ -60,30 +60,38 @@ async def run_attempts(
     """
     index = 0
     retried = False
+    record = telemetry.current()
     while True:
         turn: Turn | None = None
         shown = False
         try:
             async with supervisor.open_turn(candidates[index]) as turn:
+                if record is not None:
+                    record.ran(turn, retried=retried)
+                    if record.keep_content:
+                        record.prompt = candidates[index].text
                 shown = await consume(turn)
         except ThreadUnavailable as exc:
             if index + 1 < len(candidates):
-                log.info("%s; continuing on a fresh thread (%s)", exc.message, key_label())
+                log.info("%s; continuing on a fresh thread", exc.message)
                 index += 1
                 continue
-            return Attempt(turn, index, exc)
+            return _refused(record, Attempt(turn, index, exc))
         except TurnRefused as exc:
-            return Attempt(turn, index, exc)
+            return _refused(record, Attempt(turn, index, exc))
         assert turn is not None
         if not retried and not shown and turn.failure_kind is FailureKind.CHILD_EXITED:
-            log.warning(
-                "%s died before the turn showed anything; retrying (%s)",
-                turn.child_name,
-                key_label(),
-            )
+            log.warning("%s died before the turn showed anything; retrying", turn.child_name)
             retried = True
             continue
         return Attempt(turn, index)
+
+
+def _refused(record: telemetry.RequestRecord | None, attempt: Attempt) -> Attempt:
+    if record is not None and attempt.refusal is not None:
+        record.refusal = attempt.refusal.kind.name.lower()
+        record.refused_queue_s += attempt.refusal.queue_wait_s
+    return attempt
 
 
 class FinishReason(enum.StrEnum):
@@ -105,13 +113,17 @@ def ending(attempt: Attempt) -> Ending:
     turn = attempt.turn
     usage = Usage.of(turn.usage if turn is not None else TokenCounts())
     if attempt.refusal is not None:
-        return Ending(FinishReason.ERROR, refusal_error(attempt.refusal), usage)
+        refused = refusal_error(attempt.refusal)
+        telemetry.note_error(refused)
+        return Ending(FinishReason.ERROR, refused, usage)
     assert turn is not None
     assert turn.outcome is not None
     outcome = turn.outcome
     if outcome.hit_output_limit:
         return Ending(FinishReason.LENGTH, None, usage)
     error = turn_error(outcome)
+    if error is not None:
+        telemetry.note_error(error)
     return Ending(FinishReason.STOP if error is None else FinishReason.ERROR, error, usage)
 
 
@@ -130,6 +142,9 @@ def answer_of(attempt: Attempt, content: str) -> Answer | None:
     turn = attempt.turn
     if turn is None or turn.outcome is None or turn_error(turn.outcome) is not None:
         return None
+    record = telemetry.current()
+    if record is not None and record.keep_content:
+        record.answer = content
     return Answer(attempt.candidate, turn.thread_id, turn.turn_id, content)
 
 

@@ -8,13 +8,15 @@ and readiness, read the status and act as an operator through
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import attrs
 import trio
 
-from bridge.protocol import ModelInfo
+from bridge.peer import PeerClosed
+from bridge.protocol import ModelInfo, RateLimitWindow
 
 from .child import Child
 from .multiplexer import TurnMultiplexer
@@ -126,6 +128,23 @@ class Supervisor:
             max_turns_per_child=mux.max_turns_per_child,
         )
         return status
+
+    def restart_counts(self) -> Mapping[str, int]:
+        """Children that ended and were replaced, by why (see :class:`Pool`)."""
+        return self._pool.restart_counts
+
+    def rate_limits(self) -> tuple[RateLimitWindow, ...]:
+        """The account's rate-limit windows as codex last reported them
+        (any child: they share the account); none before a report."""
+        latest: tuple[float, tuple[RateLimitWindow, ...]] = (0.0, ())
+        for child in self._pool.children:
+            try:
+                client = child.client
+            except PeerClosed:
+                continue
+            if client.rate_limits and client.rate_limits_at > latest[0]:
+                latest = (client.rate_limits_at, client.rate_limits)
+        return latest[1]
 
     def status_line(self) -> str:
         """One line (systemd's STATUS=)."""

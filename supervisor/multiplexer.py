@@ -55,7 +55,7 @@ from .outcome import (
     ThreadUnavailable,
     TurnRefused,
 )
-from .pool import Pool
+from .pool import ExitKind, Pool
 from .threads import ThreadOwnership
 from .turn import Turn, TurnRequest
 
@@ -238,10 +238,21 @@ class TurnMultiplexer:
     async def _start_with_retries(self, request: TurnRequest) -> tuple[Child, Turn]:
         child_deaths = 0
         overloads = 0
+        began = trio.current_time()
+        queued = 0.0  # of the time since ``began``, how long it waited for a child
         while True:
-            child, resume = await self._acquire_for(request.thread_id)
+            before = trio.current_time()
             try:
-                return child, await self._start(child, request, resume=resume)
+                child, resume = await self._acquire_for(request.thread_id)
+            except TurnRefused as exc:
+                exc.queue_wait_s = queued + trio.current_time() - before
+                raise
+            queued += trio.current_time() - before
+            try:
+                turn = await self._start(child, request, resume=resume)
+                turn.queue_wait_s = queued
+                turn.setup_s = trio.current_time() - began - queued
+                return child, turn
             except (PeerClosed, _ChildHung) as exc:
                 self._admission.release(child)
                 if isinstance(exc, _ChildHung):
@@ -438,7 +449,7 @@ class TurnMultiplexer:
             # codex took the interrupt but never closed the turn, so the
             # thread may still count as busy there: replace the child once
             # its other turns are done.
-            self.pool.restart(child, "a turn did not end after its interrupt")
+            self.pool.restart(child, "a turn did not end after its interrupt", kind=ExitKind.HUNG)
         turn.fail(FailureKind.CANCELLED, "the turn was interrupted")
         if turn.running_commands and child.pid is not None and not is_stopped(child):
             await stop_commands(child.pid, list(turn.running_commands.values()))

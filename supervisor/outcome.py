@@ -105,6 +105,8 @@ class TurnRefused(Exception):
 
     kind = RefusalKind.NO_CHILD
     retry_after_s: float | None = None
+    #: How long the request waited for a child before it was refused.
+    queue_wait_s = 0.0
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)

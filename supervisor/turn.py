@@ -218,6 +218,18 @@ class Turn:
         #: Commands of this turn still running (item id → command line):
         #: codex leaves them running when a turn is interrupted.
         self.running_commands: dict[str, str] = {}
+        # Timings (trio clock), for operators: set by the multiplexer, then here.
+        #: Waiting for a child with room for the turn.
+        self.queue_wait_s = 0.0
+        #: Waiting for codex to set the turn up (thread/start or resume, turn/start).
+        self.setup_s = 0.0
+        #: The consumer waiting for codex's next event (time codex, not the
+        #: bridge, was working).
+        self.waited_s = 0.0
+        self.started_at = trio.current_time()
+        #: The first text or reasoning delta, and the end of the turn.
+        self.first_output_at: float | None = None
+        self.ended_at: float | None = None
 
     # -- producer side (reader task of the child) -------------------------------
 
@@ -241,6 +253,8 @@ class Turn:
         if self.outcome is not None:
             return
         self._last_activity = trio.current_time()
+        if self.first_output_at is None and isinstance(event, AgentMessageDelta | ReasoningDelta):
+            self.first_output_at = self._last_activity
         if isinstance(event, TurnErrorEvent) and not event.will_retry:
             self._last_error = event
         if isinstance(event, TurnErrorEvent) and event.will_retry:
@@ -360,6 +374,7 @@ class Turn:
         # The outcome is kept apart from the queue, so it can never be lost
         # to a full buffer; the consumer gets it after what was queued.
         self.outcome = outcome
+        self.ended_at = trio.current_time()
         self._wakeup.set()
 
     async def wait_codex_finished(self) -> None:
@@ -415,10 +430,13 @@ class Turn:
         while not self._queue and self.outcome is None:
             self._wakeup = trio.Event()
             idle_deadline = self._last_activity + self.idle_timeout_s
+            waiting_since = trio.current_time()
             with trio.move_on_at(min(idle_deadline, self.deadline, self._retry_deadline())):
                 await self._wakeup.wait()
+                self.waited_s += trio.current_time() - waiting_since
                 continue
             now = trio.current_time()
+            self.waited_s += now - waiting_since
             if now >= self.deadline:
                 self.fail(FailureKind.TURN_TIMEOUT, "the turn took longer than allowed")
             elif now >= self._retry_deadline():

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import httpx
@@ -229,10 +229,15 @@ def fake_serve_env(tmp_path: Path, mode: str = "ok", deltas: int = 40) -> dict[s
 
 
 async def start_serve(
-    tmp_path: Path, mode: str = "ok", deltas: int = 40, **env: str
+    tmp_path: Path,
+    mode: str = "ok",
+    deltas: int = 40,
+    *,
+    stderr: IO[bytes] | None = None,
+    **env: str,
 ) -> tuple[trio.Process, str]:
     """The real ``codex-bridge serve`` process on fake children (tests/fake_app_server.py
-    ``mode``), settings from ``env``; returns once it is ready."""
+    ``mode``), settings from ``env``, its log to ``stderr``; returns once it is ready."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -242,7 +247,7 @@ async def start_serve(
         **env,
     }
     serve = [str(Path(sys.executable).parent / "codex-bridge"), "serve"]
-    process = await trio.lowlevel.open_process(serve, env=full_env)
+    process = await trio.lowlevel.open_process(serve, env=full_env, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url) as client:
         while True:

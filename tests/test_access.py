@@ -24,6 +24,7 @@ import trio
 
 from codex_bridge.cli import main
 from codex_bridge.config import ConfigError, Settings, UnprotectedBind, load_settings
+from codex_bridge.logs import RequestContext
 from http_front.access import (
     ApiKey,
     KeyTable,
@@ -728,6 +729,7 @@ async def test_the_key_name_goes_into_log_lines(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(RequestContext())
     settings = make_settings(tmp_path, pool_size=2, api_keys=(ApiKey.from_secret("ci", KEY),))
     launch = fake("crash-once", state=str(tmp_path / "crashed"), deltas=2)
     with trio.fail_after(TIMEOUT_S):
@@ -737,10 +739,17 @@ async def test_the_key_name_goes_into_log_lines(
             )
             await svc.client.get("/v1/models", headers=bearer("sk-wrong"))
     assert content_of(sse_events(response.content)) == "d0 d1 "
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("retrying (key=ci)" in m for m in messages), messages
-    assert any("401 for GET /v1/models" in m for m in messages)
-    assert not any("sk-wrong" in m or KEY in m for m in messages)
+    lines = [(r.getMessage(), getattr(r, "context", {})) for r in caplog.records]
+    retried = [context for message, context in lines if "retrying" in message]
+    assert retried, lines
+    assert retried[0]["key"] == "ci"
+    refused = [
+        context for message, context in lines if '"GET /v1/models" 401' in message
+    ]  # the access line says why, and names no key: none was valid
+    assert refused, lines
+    assert "key" not in refused[0]
+    assert any("invalid_api_key" in message for message, _ in lines)
+    assert not any("sk-wrong" in str(line) or KEY in str(line) for line in lines)
 
 
 # -- browsers -------------------------------------------------------------------------------

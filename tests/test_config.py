@@ -150,6 +150,7 @@ _SAMPLE_TEXT = {
     "approval_policy": "accept-read-only",
     "conversation_busy": "reject",
     "log_level": "debug",
+    "log_format": "json",
 }
 
 
@@ -216,7 +217,7 @@ def _serve(
 
     monkeypatch.setattr(cli, "child_launch", launch)
     monkeypatch.setattr(cli, "run_or_fail", lambda service: cli.EXIT_OK)
-    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda level, log_format: None)
     with pytest.raises(SystemExit) as info:
         main(["serve", *argv])
     return info.value.code, seen

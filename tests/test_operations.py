@@ -22,6 +22,7 @@ from codex_bridge.systemd import Notifier
 from http_front.admin import AdminRoutes
 from http_front.errors import ApiError
 from http_front.response import Exchange
+from http_front.telemetry import Telemetry
 from supervisor import Supervisor, TurnEnded
 from supervisor.child import ChildLaunch, ChildState
 from supervisor.multiplexer import TurnMultiplexer
@@ -358,15 +359,16 @@ async def _unused_send(message: object) -> None:
 
 def test_admin_without_token_refuses_remote_clients() -> None:
     pool = Pool(1, fake("ok"))
-    admin = AdminRoutes(Supervisor(pool, TurnMultiplexer(pool)))
+    supervisor = Supervisor(pool, TurnMultiplexer(pool))
+    admin = AdminRoutes(supervisor, Telemetry(supervisor))
 
     def exchange(client: tuple[str, int]) -> Exchange:
         return Exchange({"client": client}, _unused_receive, _unused_send)
 
-    admin._authorize(exchange(("127.0.0.1", 5000)))
-    admin._authorize(exchange(("::1", 5000)))
+    admin.authorize(exchange(("127.0.0.1", 5000)))
+    admin.authorize(exchange(("::1", 5000)))
     with pytest.raises(ApiError) as info:
-        admin._authorize(exchange(("10.1.2.3", 5000)))
+        admin.authorize(exchange(("10.1.2.3", 5000)))
     assert info.value.status == 403
 
 

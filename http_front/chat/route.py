@@ -15,6 +15,7 @@ import attrs
 
 from supervisor import Supervisor, Turn, TurnEnded
 
+from .. import telemetry
 from ..conversation.manager import Conversations, Plan
 from ..errors import ApiError
 from ..models import check_model
@@ -70,6 +71,10 @@ class ChatCompletions:
         if chat.model is not None:
             await check_model(self.supervisor, chat.model)
         kind, key = self.conversations.classify(exchange.headers, body)
+        record = telemetry.current()
+        if record is not None:
+            record.model = chat.model
+            record.conversation = None if key is None else telemetry.conversation_hash(key)
         answer = _Answer(
             self.supervisor,
             exchange,
