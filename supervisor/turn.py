@@ -113,17 +113,19 @@ class _DeltaRun:
     close to the text's own size.
     """
 
-    __slots__ = ("first", "parts", "size")
+    __slots__ = ("first", "merged", "parts", "size")
 
     def __init__(self, first: AgentMessageDelta | ReasoningDelta) -> None:
         self.first = first
         self.parts = [first.delta]
         self.size = len(first.delta)
+        self.merged = False
 
     def append(self, delta: str) -> None:
         parts = self.parts
         parts.append(delta)
         self.size += len(delta)
+        self.merged = True
         if len(parts) >= _COMPACT_EVERY:
             self.parts = ["".join(parts)]
 
@@ -138,7 +140,8 @@ class _DeltaRun:
         return event.item_id == first.item_id
 
     def event(self) -> TurnEvent:
-        if len(self.parts) == 1:
+        # Not "one part": after a compaction the one part is the whole run.
+        if not self.merged:
             return self.first
         return attrs.evolve(self.first, delta="".join(self.parts))
 

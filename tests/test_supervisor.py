@@ -363,6 +363,23 @@ async def test_lagging_consumer_gets_bursts_merged_not_lost() -> None:
     assert turn.failure_kind is None
 
 
+@pytest.mark.parametrize("merged", [255, 256, 257, 511, 512, 1000])
+async def test_a_merged_burst_is_whole_at_every_length(merged: int) -> None:
+    """Regression: a run of exactly 256 merged deltas (one compaction, no
+    more) was handed out as its first delta alone; 255 deltas were lost."""
+    turn = make_turn(buffer_size=16)
+    texts = [f"{i} " for i in range(turn.coalesce_after + merged)]
+    for text in texts:
+        turn.on_notification(_delta("t", text))
+    turn.on_notification(
+        Notification(
+            "turn/completed", {"threadId": "t", "turn": {"id": "u1", "status": "completed"}}
+        )
+    )
+    events = await collect(turn)
+    assert "".join(e.delta for e in events if isinstance(e, AgentMessageDelta)) == "".join(texts)
+
+
 async def test_backlog_of_a_client_that_stops_reading_is_capped_in_bytes() -> None:
     """Merged deltas are one queue entry; the byte cap still ends a flood."""
     turn = make_turn(buffer_size=16, max_buffered_bytes=64 * 1024)
