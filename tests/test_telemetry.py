@@ -355,15 +355,17 @@ async def test_time_queued_before_a_refusal_is_the_queues_not_the_bridges(
     settings = make_settings(tmp_path, max_turns_per_child=1, queue_size=1, queue_timeout_s=0.3)
     launch = fake("ok", deltas=300, delay_s=0.02)
     with trio.fail_after(TIMEOUT_S):
-        async with running_service(settings, launch) as svc:
-            async with svc.client.stream(
+        async with (
+            running_service(settings, launch) as svc,
+            svc.client.stream(
                 "POST", "/v1/chat/completions", json=chat_body("long", model=MODEL)
-            ) as running:
-                chunks = running.aiter_bytes()  # kept: a closed iterator closes the stream
-                await chunks.__anext__()
-                refused = await svc.client.post(
-                    "/v1/chat/completions", json=chat_body("waits", model=MODEL)
-                )
+            ) as running,
+        ):
+            chunks = running.aiter_bytes()  # kept: a closed iterator closes the stream
+            await chunks.__anext__()
+            refused = await svc.client.post(
+                "/v1/chat/completions", json=chat_body("waits", model=MODEL)
+            )
     assert refused.status_code == 429
     timing = dict(
         part.strip().split(";dur=") for part in refused.headers["server-timing"].split(",")
