@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run demo test lint typecheck unit bench adversarial record clean
+.PHONY: install run demo test test-tools lint typecheck unit bench adversarial record clean
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -37,7 +37,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+# Real servers the tests use: Redis (the conversation store) and Chromium
+# (the status page), from Debian's packages when they are missing.
+TEST_TOOLS := redis-server chromium
+
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+test: lint typecheck test-tools
 	$(BIN)/pytest
 
 bench: install

@@ -103,7 +103,9 @@ async def service_process(
         settings.setdefault("CODEX_BRIDGE_CODEX_HOME", str(Path(tmp) / "home"))
         full_env = {**os.environ, **settings, **env}
         serve = [str(Path(sys.executable).parent / "codex-bridge"), "serve"]
-        process = await trio.lowlevel.open_process(serve, env=full_env)
+        # Its log goes to a file, as journald would take it: written, not shown.
+        log = (Path(tmp) / "service.log").open("wb")
+        process = await trio.lowlevel.open_process(serve, env=full_env, stderr=log)
         service = Service(process, f"http://127.0.0.1:{port}")
         try:
             with trio.fail_after(60):
@@ -123,6 +125,7 @@ async def service_process(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+            log.close()
 
 
 def _chat(text: str, model: str) -> dict[str, Any]:
@@ -319,6 +322,48 @@ async def cold_latency(codex_bin: Path, base_url: str, *, runs: int) -> dict[str
     }
 
 
+#: Metrics and logs on (as shipped, JSON lines, every request and turn
+#: logged), against metrics off and only warnings logged.
+OBSERVED = {
+    "CODEX_BRIDGE_METRICS": "true",
+    "CODEX_BRIDGE_LOG_LEVEL": "info",
+    "CODEX_BRIDGE_LOG_FORMAT": "json",
+}
+BARE = {"CODEX_BRIDGE_METRICS": "false", "CODEX_BRIDGE_LOG_LEVEL": "warning"}
+
+
+async def observability_overhead(settings: dict[str, str], rounds: int = 4) -> dict[str, Any]:
+    """One stream's deltas/s and the p99 added latency of 50 streams, with
+    metrics and logging on and off, in alternating rounds (the machine's
+    noise falls on both)."""
+    figures: dict[str, dict[str, list[float]]] = {
+        name: {"deltas_per_s": [], "latency_p99_ms": [], "latency_p50_ms": []}
+        for name in ("observed", "bare")
+    }
+    configs = [("observed", OBSERVED), ("bare", BARE)]
+    for round_ in range(rounds):
+        # Each goes first in turn: the one after a service's teardown is not
+        # always the same.
+        for name, env in configs if round_ % 2 == 0 else configs[::-1]:
+            async with service_process(FAKE_CODEX, {**settings, **env}, pool_size=2) as service:
+                await flood(service, streams=1, deltas=5_000)  # warm up
+                one = await flood(service, streams=1, deltas=100_000)
+                lat = await tick(service, streams=50, count=100, interval_ms=20)
+                # 50 turns and a thousand requests logged and counted here
+                metrics = await service.client.get("/metrics")
+                assert metrics.status_code == (200 if name == "observed" else 404)
+            figures[name]["deltas_per_s"].append(one["deltas_per_s"])
+            figures[name]["latency_p99_ms"].append(lat["added_latency_ms_p99"])
+            figures[name]["latency_p50_ms"].append(lat["added_latency_ms_p50"])
+    return {
+        name: {
+            figure: {"median": statistics.median(values), "runs": values}
+            for figure, values in by_figure.items()
+        }
+        for name, by_figure in figures.items()
+    }
+
+
 async def main() -> None:
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -337,6 +382,8 @@ async def main() -> None:
         results["throughput_8_streams"] = await flood(service, streams=8, deltas=50_000)
         results["latency_50_streams"] = await tick(service, streams=50, count=100, interval_ms=20)
         results["memory_100_open_streams"] = await hold(service, streams=100)
+    print("metrics and logging: on vs off ...", file=sys.stderr)
+    results["observability_overhead"] = await observability_overhead(fake_settings)
 
     print("real codex children, scripted model ...", file=sys.stderr)
     codex_bin = find_codex_binary(os.environ.get("CODEX_BRIDGE_CODEX_BIN"))
