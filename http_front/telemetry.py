@@ -417,7 +417,10 @@ class Telemetry:
         if error is not None:
             fields.update(error_type=error.type, error_code=error.code, error=error.message)
             text += f" {error.code or error.type}: {_clip(error.message)}"
-            if record.turn is None or error.status != status:
+            # A turn's own error is the turn line's to list (a failure is; an
+            # interruption, its client gone, is not); any other, listed here.
+            outcome = record.turn.outcome if record.turn is not None else None
+            if outcome is None or turn_error(outcome) is None:
                 self._note_error(record, error, now)
         level = logging.WARNING if status is not None and status >= 500 else logging.INFO
         access_log.log(level, "%s", text, extra={"fields": fields})

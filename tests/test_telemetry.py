@@ -149,13 +149,15 @@ async def test_one_access_line_per_request_even_when_the_client_leaves(
                     break  # the first bytes, then away
             await eventually(lambda: bool(access_lines(logs, "leaver-1")))
             await client.get("/healthz", headers={"x-request-id": "after-1"})
+            status = (await client.get("/admin/status")).json()
     for request_id in ("models-0", "models-1", "models-2", "leaver-1", "after-1"):
         (line,) = access_lines(logs, request_id)
         assert fields(line)["status"] == 200
     (turn_line,) = [r for r in lines_of(logs, "codex_bridge.turn")]
     assert context(turn_line)["request_id"] == "leaver-1"
     assert fields(turn_line)["outcome"] == "interrupted"
-    assert turn_line.levelno == logging.INFO  # the client left: no warning
+    assert turn_line.levelno == logging.INFO  # the client left: no warning,
+    assert status["recent_errors"] == []  # and no error for the status page
     # Every access line of the run is one of ours: nothing else writes them.
     assert all("request_id" in context(r) for r in lines_of(logs, "codex_bridge.access"))
 
