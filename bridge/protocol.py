@@ -174,13 +174,38 @@ class TextInput:
 
 
 @attrs.frozen
+class LocalImageInput:
+    """An image file on disk; the model sees it as an ``input_image``."""
+
+    path: str
+    type: str = "localImage"
+
+
+@attrs.frozen
+class ImageUrlInput:
+    """An image by URL (``https:`` or ``data:``); codex passes it on as is."""
+
+    url: str
+    type: str = "image"
+
+
+UserInput = TextInput | LocalImageInput | ImageUrlInput
+
+
+@attrs.frozen
 class TurnStartParams:
     thread_id: str
-    input: list[TextInput]
+    input: list[UserInput]
     model: str | None = None
     effort: str | None = None
     summary: str | None = None
     cwd: str | None = None
+    #: A JSON Schema the turn's final message must follow (this turn only).
+    output_schema: JsonObject | None = None
+    #: ``untrusted`` / ``on-request`` / ``never``: sticky on the thread.
+    approval_policy: str | None = None
+    #: A named permissions profile: sticky on the thread.
+    permissions: str | None = None
 
 
 @attrs.frozen

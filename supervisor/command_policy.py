@@ -197,6 +197,11 @@ class CommandPolicy:
     def confined(self) -> bool:
         return self.sandbox_mode != "danger-full-access"
 
+    @property
+    def read_only_profile(self) -> str:
+        """The same profile with the thread's own directory read-only too."""
+        return f"{self.profile}-read-only"
+
     def codex_args(self) -> list[str]:
         """``-c`` overrides for ``codex app-server`` (and ``codex sandbox``)."""
         pairs: list[tuple[str, object]] = [
@@ -224,10 +229,13 @@ class CommandPolicy:
             filesystem: dict[str, object] = {":root": "read", ":project_roots": {".": own}}
             filesystem.update({str(path): "none" for path in self.denied})
             filesystem[str(self.command_home)] = "read"
+            read_only = {**filesystem, ":project_roots": {".": "read"}}
             pairs += [
                 ("default_permissions", self.profile),
                 (f"permissions.{self.profile}.filesystem", filesystem),
                 (f"permissions.{self.profile}.network.enabled", self.network),
+                (f"permissions.{self.read_only_profile}.filesystem", read_only),
+                (f"permissions.{self.read_only_profile}.network.enabled", self.network),
             ]
         else:
             pairs.append(("sandbox_mode", "danger-full-access"))

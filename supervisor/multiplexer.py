@@ -29,7 +29,9 @@ import trio
 
 from bridge.peer import PeerClosed, RpcCallError
 from bridge.protocol import (
+    ImageUrlInput,
     InjectItemsParams,
+    LocalImageInput,
     ModelInfo,
     TextInput,
     ThreadResumeParams,
@@ -38,6 +40,7 @@ from bridge.protocol import (
     TokenCounts,
     TurnInterruptParams,
     TurnStartParams,
+    UserInput,
 )
 
 from .admission import Admission
@@ -393,10 +396,13 @@ class TurnMultiplexer:
                 child.client.turn_start(
                     TurnStartParams(
                         thread_id,
-                        [TextInput(request.text)],
+                        _turn_input(request),
                         model=request.model if request.thread_id else None,
                         effort=request.effort,
                         summary=request.summary,
+                        output_schema=request.output_schema,
+                        approval_policy=request.approval_policy,
+                        permissions=_permissions(child, request),
                     ),
                     timeout_s=self.rpc_timeout_s,
                 ),
@@ -466,3 +472,24 @@ class _CodexOverloaded(Exception):
 class _ChildHung(Exception):
     """A child did not answer a request of a turn's set-up in time: it is
     killed, and the turn is tried on another child."""
+
+
+def _turn_input(request: TurnRequest) -> list[UserInput]:
+    items: list[UserInput] = [TextInput(request.text)]
+    items += [LocalImageInput(path) for path in request.local_images]
+    items += [ImageUrlInput(url) for url in request.image_urls]
+    return items
+
+
+def _permissions(child: Child, request: TurnRequest) -> str | None:
+    """The permissions profile to select for this turn, if not the child's default.
+
+    A profile selected on a turn stays with its thread, so a thread that
+    goes on after a read-only turn gets the default profile back explicitly.
+    """
+    policy = child.launch.command_policy
+    if policy is None or not policy.confined:
+        return None
+    if request.read_only:
+        return policy.read_only_profile
+    return policy.profile if request.thread_id is not None else None

@@ -61,6 +61,16 @@ class TurnRequest:
     cwd: str | None = None
     #: Roll the thread back first: this turn of it and all later ones go.
     revert_before_turn: str | None = None
+    #: Image files (absolute paths) sent with ``text`` as the turn's input.
+    local_images: tuple[str, ...] = ()
+    #: Images by URL (``https:`` or ``data:``) sent with ``text``.
+    image_urls: tuple[str, ...] = ()
+    #: A JSON Schema the answer must follow (structured output), this turn only.
+    output_schema: dict[str, object] | None = None
+    #: codex's approval policy for commands (None: the service's own).
+    approval_policy: str | None = None
+    #: Commands may only read, not write, the thread's directory.
+    read_only: bool = False
 
 
 # Notifications that carry a threadId but mean nothing to a turn's consumer;
