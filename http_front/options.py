@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from .chat.present import ReasoningFormat
+from .images import ImageLimits
+from .models import Alias
 
 
 @attrs.frozen
@@ -22,3 +26,7 @@ class FrontOptions:
     reasoning_summary: str | None = "auto"
     #: A streamed answer's keepalive frame after this long without a write.
     keepalive_interval_s: float = 15.0
+    #: What images a request may carry.
+    images: ImageLimits = attrs.field(factory=ImageLimits)
+    #: The operator's model aliases, by name.
+    aliases: Mapping[str, Alias] = attrs.field(factory=dict)

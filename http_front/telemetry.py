@@ -66,7 +66,32 @@ RECENT_ERRORS = 50
 
 #: Metric route labels: the known routes, everything else is "other".
 _ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/admin"}
+    {
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/models",
+        "/api/chat",
+        "/api/generate",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+        # Ollama's model management, answered 501: worth seeing who calls it.
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
+        "/api/delete",
+        "/api/embed",
+        "/api/embeddings",
+        "/",
+        "/openapi.json",
+        "/docs",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin",
+    }
 )
 # Seconds; from a refused request's milliseconds to an hour-long agent turn.
 _LATENCY_BUCKETS = (
@@ -89,6 +114,10 @@ def route_label(path: str) -> str:
         return "/admin"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
+    if path.startswith("/docs/"):
+        return "/docs"
     return path if path in _ROUTES else "other"
 
 

@@ -30,7 +30,9 @@ from . import telemetry
 from .conversation.identity import RequestKind
 from .conversation.manager import Conversational, Conversations, Plan
 from .errors import ApiError, refusal_error, turn_error
+from .images import write as write_images
 from .pieces import Usage
+from .structured import with_json_mode
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,9 @@ class Ending:
     usage: Usage
 
 
-def ending(attempt: Attempt) -> Ending:
+def ending(attempt: Attempt, *, stopped: bool = False) -> Ending:
+    """How the answer ends. ``stopped``: the door ended the turn itself at a
+    stop sequence — a normal end, whatever leaving the turn did to it."""
     turn = attempt.turn
     usage = Usage.of(turn.usage if turn is not None else TokenCounts())
     if attempt.refusal is not None:
@@ -117,6 +121,8 @@ def ending(attempt: Attempt) -> Ending:
         telemetry.note_error(refused)
         return Ending(FinishReason.ERROR, refused, usage)
     assert turn is not None
+    if stopped:
+        return Ending(FinishReason.STOP, None, usage)
     assert turn.outcome is not None
     outcome = turn.outcome
     if outcome.hit_output_limit:
@@ -169,6 +175,7 @@ async def converse(
         plan = await conversations.plan(kind, key, request)
         answers: list[Answer] = []
         try:
+            plan = await _prepared(plan, request)
             await respond(plan, answers.append)
         finally:
             # Shielded and bounded: the server reports a finished exchange as
@@ -180,3 +187,24 @@ async def converse(
                         plan, answer.candidate, answer.thread_id, answer.turn_id, answer.content
                     )
                 await conversations.finish(plan)
+
+
+async def _prepared(plan: Plan, request: Conversational) -> Plan:
+    """The plan's turns with what goes beside their text: the images of the
+    messages each sends (written where it runs, as codex image inputs; the
+    earlier ones travel in the history) and the JSON-mode note."""
+    written: dict[tuple[str, int], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    candidates = []
+    for candidate in plan.candidates:
+        turn = candidate.request
+        images = [i for m in request.message_images[candidate.before :] for i in m]
+        if images:
+            cwd = turn.cwd or "."
+            if (cwd, candidate.before) not in written:
+                written[cwd, candidate.before] = await write_images(images, cwd)
+            paths, urls = written[cwd, candidate.before]
+            turn = attrs.evolve(turn, local_images=paths, image_urls=urls)
+        if request.json_mode:
+            turn = with_json_mode(turn)
+        candidates.append(attrs.evolve(candidate, request=turn))
+    return attrs.evolve(plan, candidates=tuple(candidates))

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..blocks import strip_bridge_markup
+from ..images import Image
 
 
 class RequestKind(enum.Enum):
@@ -61,12 +62,16 @@ def is_background_task(
     return isinstance(content, str) and content.lstrip().startswith("### Task:")
 
 
-def signature(role: str, text: str) -> str:
-    """A message's identity: role + content, whitespace and bridge markup aside."""
+def signature(role: str, text: str, images: Sequence[Image] = ()) -> str:
+    """A message's identity: role + content (its images' digests included),
+    whitespace and bridge markup aside."""
     if role == "assistant":
         text = strip_bridge_markup(text)
     normal = " ".join(text.split())
-    return hashlib.sha256(orjson.dumps([role, normal])).hexdigest()[:24]
+    if not images:
+        return hashlib.sha256(orjson.dumps([role, normal])).hexdigest()[:24]
+    digests = [image.digest for image in images]
+    return hashlib.sha256(orjson.dumps([role, normal, digests])).hexdigest()[:24]
 
 
 def workspace_name(key: str) -> str:

@@ -27,6 +27,7 @@ import trio
 from supervisor import KeyedLocks, TurnRequest
 
 from ..errors import ApiError
+from ..images import Image
 from ..turn_input import MAX_TURN_INPUT_CHARS, turn_input_too_long
 from .identity import (
     RequestKind,
@@ -50,6 +51,16 @@ class Conversational(Protocol):
     @property
     def messages(self) -> tuple[tuple[str, str], ...]:
         """Every message as (role, text), system ones included, markup stripped."""
+
+    @property
+    def message_images(self) -> tuple[tuple[Image, ...], ...]:
+        """Each message's images, in the order of ``messages`` (empty: none
+        at all). They sign their message too: the same text with other
+        images is another message."""
+
+    @property
+    def json_mode(self) -> bool:
+        """The answer must be one JSON object (asked in the turn's text)."""
 
 
 @attrs.frozen
@@ -149,12 +160,18 @@ class Conversations:
             if kind is RequestKind.TASK:
                 model = self.task_model or turn.model
                 request = attrs.evolve(request, model=model, ephemeral=True)
-            return Plan(kind, (Candidate(request),), scratch=scratch)
+            # Only the last message is the turn's; the others are history.
+            before = max(len(chat.messages) - 1, 0)
+            return Plan(kind, (Candidate(request, before),), scratch=scratch)
         assert self.store is not None
         cwd = self.workspace_root / "conversations" / workspace_name(key)
         await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
         messages = chat.messages
-        signatures = tuple(signature(role, text) for role, text in messages)
+        images = chat.message_images
+        signatures = tuple(
+            signature(role, text, images[i] if i < len(images) else ())
+            for i, (role, text) in enumerate(messages)
+        )
         fresh = Candidate(
             attrs.evolve(turn, ephemeral=False, cwd=str(cwd)), before=len(messages) - 1
         )
