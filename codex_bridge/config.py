@@ -20,6 +20,11 @@ is a list of origins in TOML, comma-separated in the environment.
 
 Serving beyond loopback without an API key is refused unless
 ``allow_unauthenticated`` says so (:meth:`Settings.check_exposure`).
+
+Model aliases are tables of the TOML file only, ``[aliases.NAME]`` (no
+environment variable, no flag: they are not a flat setting), each a codex
+model with settings of its own (:data:`ALIAS_KEYS`); they become
+:class:`http_front.models.Alias` values in ``Settings.aliases``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,8 @@ from http_front.access import (
     is_loopback_name,
     parse_cors_origins,
 )
+from http_front.chat.request import REASONING_EFFORTS
+from http_front.models import Alias
 from supervisor.command_policy import SANDBOX_MODES
 
 ENV_PREFIX = "CODEX_BRIDGE_"
@@ -101,6 +108,10 @@ def _api_keys(value: Any) -> tuple[ApiKey, ...]:
     return keys
 
 
+def _aliases(value: Iterable[Alias]) -> tuple[Alias, ...]:
+    return tuple(value)
+
+
 def _cors_origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         raise TypeError("expected a list of origins, got a string")
@@ -149,8 +160,16 @@ class Settings:
     reasoning_summary: str = attrs.field(
         default="auto", validator=attrs.validators.in_(["auto", "concise", "detailed", "none"])
     )
-    #: Largest request body accepted (413 beyond it).
+    #: Largest request body accepted (413 beyond it). Images sent inline count
+    #: (base64: 4 bytes for every 3 of the image).
     max_request_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Largest image a request may carry, decoded (413 beyond it).
+    image_max_bytes: int = attrs.field(default=20 * 1024 * 1024, validator=_positive)
+    #: Most images in one request, all messages together (400 beyond it).
+    image_max_count: int = attrs.field(default=16, validator=_non_negative)
+    #: Accept http(s) image URLs (the model provider fetches them; the bridge
+    #: never does). Off: images must come inline, as data: URLs.
+    image_urls: bool = False
     #: A request body must arrive within this long (408 otherwise).
     request_body_timeout_s: float = attrs.field(default=60.0, validator=_positive)
     #: Request line and header fields, at most this many bytes (431 otherwise).
@@ -320,6 +339,20 @@ class Settings:
 
     def __attrs_post_init__(self) -> None:
         self.check_exposure()
+        self.check_aliases()
+
+    def check_aliases(self) -> None:
+        """Refuse aliases that clash, or whose sandbox the service cannot give."""
+        names = [alias.name for alias in self.aliases]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"invalid alias {name!r}: defined more than once")
+        for alias in self.aliases:
+            if alias.read_only and self.sandbox_mode == "danger-full-access":
+                raise ConfigError(
+                    f"invalid alias {alias.name!r}: key 'sandbox': 'read-only' cannot be "
+                    "enforced with sandbox_mode 'danger-full-access' (commands run unsandboxed)"
+                )
 
     def check_exposure(self) -> None:
         """Refuse settings that would let strangers drive the service."""
@@ -345,6 +378,8 @@ class Settings:
     #: The TOML file the settings came from (set by load_settings, not a
     #: setting): commands must not read it.
     config_file: str | None = attrs.field(default=None, kw_only=True)
+    #: The operator's model aliases (the file's ``[aliases.NAME]`` tables).
+    aliases: tuple[Alias, ...] = attrs.field(default=(), converter=_aliases, kw_only=True)
 
     @property
     def codex_home_path(self) -> Path:
@@ -485,6 +520,69 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
 
 #: Fields of Settings that are not settings (set by load_settings itself).
 _NOT_SETTINGS = frozenset({"config_file"})
+#: Settings given as tables of the TOML file only: no flag, no variable.
+FILE_ONLY_SETTINGS = frozenset({"aliases"})
+
+#: The keys of an ``[aliases.NAME]`` table.
+ALIAS_KEYS = ("model", "effort", "summary", "instructions", "sandbox", "approval_policy")
+_ALIAS_CHOICES: dict[str, tuple[str, ...]] = {
+    "effort": tuple(sorted(REASONING_EFFORTS)),
+    "summary": ("auto", "concise", "detailed", "none"),
+    "sandbox": ("read-only", "workspace-write"),
+    "approval_policy": ("untrusted", "on-request", "never"),
+}
+#: An alias's name is a model id in URLs (``/v1/models/NAME``): no slash, no space.
+_ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def _alias(name: str, table: Any, sandbox_mode: str) -> Alias:
+    """One ``[aliases.NAME]`` table, checked against the service's sandbox."""
+    where = f"invalid alias {name!r}"
+    if not _ALIAS_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: a name is 1-64 letters, digits or . _ : - (starting with a letter or digit)"
+        )
+    if not isinstance(table, Mapping):
+        raise ConfigError(
+            f'{where}: expected a table such as [aliases.{name}] with model = "...", '
+            f"got {type(table).__name__}"
+        )
+    values: dict[str, str] = {}
+    for key, value in table.items():
+        if key not in ALIAS_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r} (keys: {', '.join(ALIAS_KEYS)})")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: key {key!r} must be a non-empty string, got {value!r}")
+        choices = _ALIAS_CHOICES.get(key)
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"{where}: key {key!r} must be one of {', '.join(choices)}, got {value!r}"
+            )
+        values[key] = value
+    sandbox = values.get("sandbox")
+    if sandbox == "workspace-write" and sandbox_mode == "read-only":
+        raise ConfigError(
+            f"{where}: key 'sandbox': 'workspace-write' is wider than the service's "
+            "sandbox_mode 'read-only'"
+        )
+    return Alias(
+        name=name,
+        model=values.get("model"),
+        effort=values.get("effort"),
+        summary=values.get("summary"),
+        instructions=values.get("instructions"),
+        read_only=sandbox == "read-only",
+        approval_policy=values.get("approval_policy"),
+    )
+
+
+def _structure_aliases(value: Any, source: str, sandbox_mode: str) -> tuple[Alias, ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"invalid setting 'aliases' (from {source}): expected tables [aliases.NAME], "
+            f"got {type(value).__name__}"
+        )
+    return tuple(_alias(str(name), table, sandbox_mode) for name, table in value.items())
 
 
 def _parse_env_value(raw: str, hint: Any) -> Any:
@@ -614,7 +712,7 @@ def setting_specs() -> tuple[SettingSpec, ...]:
     docs = setting_docs()
     specs = []
     for field in attrs.fields(Settings):
-        if field.name in _NOT_SETTINGS:
+        if field.name in _NOT_SETTINGS or field.name in FILE_ONLY_SETTINGS:
             continue
         hint = hints[field.name]
         optional = _is_optional(hint)
@@ -686,6 +784,7 @@ def load_settings(
     hints = _hints()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    tables: dict[str, Any] = {}
 
     if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
         config_file = environ[ENV_PREFIX + "CONFIG"]
@@ -702,7 +801,10 @@ def load_settings(
         for key, value in data.items():
             if key not in hints or key in _NOT_SETTINGS:
                 raise ConfigError(f"unknown setting {key!r} in config file {path}")
-            values[key] = _structure_field(key, value, hints[key], f"config file {path}")
+            if key in FILE_ONLY_SETTINGS:
+                tables[key] = value
+            else:
+                values[key] = _structure_field(key, value, hints[key], f"config file {path}")
             sources[key] = f"config file {path}"
 
     for var, raw in environ.items():
@@ -713,6 +815,11 @@ def load_settings(
         key = var[len(ENV_PREFIX) :].lower()
         if key not in hints or key in _NOT_SETTINGS:
             raise ConfigError(f"unknown setting in environment variable {var}")
+        if key in FILE_ONLY_SETTINGS:
+            raise ConfigError(
+                f"{key!r} can only be set in the config file ([{key}.NAME] tables), "
+                f"not by environment variable {var}"
+            )
         try:
             parsed = _parse_text(key, raw, hints[key])
         except ValueError as exc:
@@ -733,6 +840,11 @@ def load_settings(
                 raise ConfigError(f"invalid setting {key!r} (from {flag}): {exc}") from None
         values[key] = _structure_field(key, value, hints[key], flag)
         sources[key] = flag
+
+    if "aliases" in tables:
+        # after every other setting: an alias may not be wider than the sandbox
+        sandbox_mode = str(values.get("sandbox_mode", attrs.fields(Settings).sandbox_mode.default))
+        values["aliases"] = _structure_aliases(tables["aliases"], sources["aliases"], sandbox_mode)
 
     try:
         return Settings(**values)

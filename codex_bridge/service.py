@@ -32,10 +32,11 @@ from http_front.app import BridgeApp
 from http_front.chat.present import ReasoningFormat
 from http_front.conversation.manager import Conversations
 from http_front.conversation.store import StoreError, open_store
+from http_front.images import ImageLimits
 from http_front.options import FrontOptions
 from http_front.response import BodyLimits
 from http_front.telemetry import Telemetry
-from supervisor import Supervisor
+from supervisor import Supervisor, TurnRefused
 from supervisor.child import API_KEY_VARIABLES, ChildLaunch
 from supervisor.command_policy import (
     CommandPolicy,
@@ -148,7 +149,30 @@ def front_options(settings: Settings) -> FrontOptions:
         if settings.reasoning_summary == "none"
         else settings.reasoning_summary,
         keepalive_interval_s=settings.keepalive_interval_s,
+        images=ImageLimits(
+            max_bytes=settings.image_max_bytes,
+            max_count=settings.image_max_count,
+            allow_urls=settings.image_urls,
+        ),
+        aliases={alias.name: alias for alias in settings.aliases},
     )
+
+
+async def _warn_of_shadowed_models(supervisor: Supervisor, settings: Settings) -> None:
+    """An alias named like a codex model wins over it: say so once, at start."""
+    try:
+        models = await supervisor.models()
+    except TurnRefused as exc:
+        log.info("aliases not checked against codex's models: %s", exc)
+        return
+    known = {name for m in models for name in (m.id, m.model)}
+    for alias in settings.aliases:
+        if alias.name in known:
+            log.warning(
+                "alias %r has the name of a codex model: requests for %r get the alias",
+                alias.name,
+                alias.name,
+            )
 
 
 def _bind(host: str, port: int) -> str:
@@ -304,6 +328,8 @@ async def run_service(
             log.info("serving on %s", handle.url)
             notifier.ready(supervisor.status_line())
             nursery.start_soon(_report_to_systemd, supervisor, notifier)
+            if settings.aliases and supervisor.auth_problem is None:
+                nursery.start_soon(_warn_of_shadowed_models, supervisor, settings)
             task_status.started(handle)
             await shutdown_requested.wait()
             notifier.stopping("stopping: finishing running turns")

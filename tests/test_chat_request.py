@@ -90,6 +90,7 @@ def test_the_simplest_request() -> None:
         stream=False,
         include_usage=False,
         messages=(("user", "Hello"),),
+        message_images=((),),
         turn=TurnRequest(text="Hello", model="gpt-test", summary="auto"),
     )
 
@@ -284,7 +285,6 @@ def test_a_prompt_over_the_limit_names_it() -> None:
         (body(user("hi"), seed="1"), "seed"),
         (body(user("hi"), n=0), "n"),
         (body(user("hi"), n=2), "n"),
-        (body(user("hi"), n=1.0), "n"),
         (body(user("hi"), n=True), "n"),
         (body(user("hi"), user=42), "user"),
         (body(user("hi"), metadata=["conversation_id"]), "metadata"),
@@ -300,7 +300,12 @@ def test_a_prompt_over_the_limit_names_it() -> None:
         (body(user([{"text": "hi"}])), "messages[0].content[0].type"),
         (body(user([{"type": ["text"], "text": "hi"}])), "messages[0].content[0].type"),
         (body(user([{"type": "text", "text": 1}])), "messages[0].content[0].text"),
-        (body(user([{"type": "image_url", "image_url": {}}])), "messages[0].content[0].type"),
+        (
+            body(user([{"type": "image_url", "image_url": {}}])),
+            "messages[0].content[0].image_url.url",
+        ),
+        (body(user([{"type": "image_url"}])), "messages[0].content[0].image_url"),
+        (body(user([{"type": "input_audio", "input_audio": {}}])), "messages[0].content[0].type"),
         (
             body(user("a"), assistant([{"type": "text"}]), user("b")),
             "messages[1].content[0].text",
@@ -335,9 +340,16 @@ def test_the_last_message_check_names_its_rule() -> None:
 
 
 def test_an_unsupported_part_says_what_to_send() -> None:
-    error = rejected(body(user([{"type": "image_url", "image_url": {"url": "x"}}])))
-    assert "'image_url'" in error.message
-    assert "send text" in error.message
+    error = rejected(body(user([{"type": "input_audio", "input_audio": {}}])))
+    assert error.message == (
+        "messages[0].content[0].type must be one of text, input_text, output_text, refusal, "
+        "image_url"
+    )
+
+
+def test_n_of_one_is_one_however_written() -> None:
+    # JSON Schema: 1.0 is the integer 1.
+    assert parse(body(user("hi"), n=1.0)).turn.text == "hi"
 
 
 def test_n_above_one_says_why() -> None:

@@ -12,7 +12,13 @@ import pytest
 from bridge.codex import ApprovalPolicy
 from codex_bridge import cli
 from codex_bridge.cli import _parser, main
-from codex_bridge.config import ConfigError, Settings, load_settings, setting_specs
+from codex_bridge.config import (
+    FILE_ONLY_SETTINGS,
+    ConfigError,
+    Settings,
+    load_settings,
+    setting_specs,
+)
 from http_front.access import hash_key
 
 
@@ -155,7 +161,12 @@ _SAMPLE_TEXT = {
 
 
 def _setting_fields() -> list[attrs.Attribute[object]]:
-    return [field for field in attrs.fields(Settings) if field.name != "config_file"]
+    """The flat settings: not config_file, nor the file's tables (aliases)."""
+    return [
+        field
+        for field in attrs.fields(Settings)
+        if field.name != "config_file" and field.name not in FILE_ONLY_SETTINGS
+    ]
 
 
 def test_every_setting_has_a_serve_flag() -> None:
@@ -342,3 +353,16 @@ def test_a_flag_of_the_wrong_type_is_a_usage_error(
 ) -> None:
     code, seen = _serve(monkeypatch, argv)
     assert (code, seen) == (2, [])
+
+
+def test_aliases_are_tables_of_the_file_only(tmp_path: Path) -> None:
+    """Not a flat setting: no flag, no environment variable, no flag help."""
+    assert "aliases" not in {spec.name for spec in setting_specs()}
+    assert "--aliases" not in _parser().format_help()
+    with pytest.raises(ConfigError, match="'aliases' can only be set in the config file"):
+        load_settings(environ={"CODEX_BRIDGE_ALIASES": "coder"})
+    config = tmp_path / "bridge.toml"
+    config.write_text('pool_size = 3\n[aliases.coder]\nmodel = "gpt-5.5"\n')
+    settings = load_settings(config_file=config, environ={})
+    assert settings.pool_size == 3
+    assert [(a.name, a.model) for a in settings.aliases] == [("coder", "gpt-5.5")]

@@ -273,10 +273,10 @@ BAD_REQUESTS: list[tuple[Any, int, str | None, str]] = [
         "string or an array",
     ),
     (
-        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
         400,
         "messages[0].content[0].type",
-        "not supported",
+        "must be one of",
     ),
     ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "messages", "from the user"),
     ({"messages": [{"role": "user", "content": "  "}]}, 400, "messages[0].content", "empty"),

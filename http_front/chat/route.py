@@ -2,7 +2,10 @@
 
 Parse and check the request, find its conversation, run the turn
 (:mod:`http_front.turns`), and write the answer: as a chunk stream through
-the response owner (:mod:`http_front.response`), or whole.
+the response owner (:mod:`http_front.response`), or whole. Stop sequences
+are the bridge's own (:mod:`http_front.stop`): at the first one the answer
+ends, the turn is left (which interrupts it in codex), and the answer
+finishes as ``stop``.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ import attrs
 from supervisor import Supervisor, Turn, TurnEnded
 
 from .. import telemetry
-from ..conversation.manager import Conversations, Plan
+from ..conversation.manager import Plan
+from ..door import Door
 from ..errors import ApiError
-from ..models import check_model
-from ..options import FrontOptions
+from ..models import model_turn
+from ..pieces import Piece
 from ..render import TurnRenderer
-from ..response import SSE_KEEPALIVE, BodyLimits, EventStream, Exchange, open_event_stream
+from ..response import SSE_KEEPALIVE, EventStream, Exchange, open_event_stream
+from ..schema import Operation
+from ..stop import StopFilter
 from ..turns import Answer, answer_of, converse, ending, run_attempts
 from .present import ChatOptions, ChatPresenter
-from .request import ChatRequest, parse_body, parse_chat_request
+from .request import CHAT_BODY, ChatRequest, parse_body, parse_chat_request
 from .stream import DONE, ChunkEncoder
 from .whole import WholeCompletion
 
@@ -32,19 +38,7 @@ from .whole import WholeCompletion
 _BATCH = 512
 
 
-class ChatCompletions:
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        conversations: Conversations,
-        options: FrontOptions,
-        limits: BodyLimits,
-    ) -> None:
-        self.supervisor = supervisor
-        self.conversations = conversations
-        self.options = options
-        self.limits = limits
-
+class ChatCompletions(Door):
     def _chat_options(self, exchange: Exchange, *, stream: bool) -> ChatOptions:
         options = self.options
         status = stream and (
@@ -67,9 +61,10 @@ class ChatCompletions:
             body,
             default_effort=self.options.default_reasoning_effort,
             summary=self.options.reasoning_summary,
+            images=self.options.images,
         )
-        if chat.model is not None:
-            await check_model(self.supervisor, chat.model)
+        turn = await model_turn(self.supervisor, self.options.aliases, chat.model, chat.turn)
+        chat = attrs.evolve(chat, turn=turn)
         kind, key = self.conversations.classify(exchange.headers, body)
         record = telemetry.current()
         if record is not None:
@@ -112,21 +107,23 @@ class _Answer:
         bytes go out (the server reports a finished response as a disconnect)."""
         encoder: ChunkEncoder | None = None
         presenter = ChatPresenter(self.options)
+        stop = self._stop()
         async with open_event_stream(self.exchange, keepalive_s=self.keepalive_s) as out:
 
             async def consume(turn: Turn) -> bool:
-                nonlocal encoder, presenter
-                presenter = ChatPresenter(self.options)  # a new attempt starts from nothing
+                nonlocal encoder, presenter, stop
+                # A new attempt starts from nothing.
+                presenter, stop = ChatPresenter(self.options), self._stop()
                 if encoder is None:
                     encoder = ChunkEncoder(self.completion_id, int(time.time()), self._model(turn))
                     # A keepalive comment first: headers and first bytes reach the
                     # client at once, whatever buffers sit between.
                     await out.start(SSE_KEEPALIVE + encoder.role())
-                await _pump(turn, TurnRenderer(), presenter, encoder, out)
+                await _pump(turn, TurnRenderer(), presenter, encoder, out, stop)
                 return presenter.shown > 0
 
             attempt = await run_attempts(self.supervisor, plan.requests, consume)
-            end = ending(attempt)
+            end = ending(attempt, stopped=stop is not None and stop.stopped)
             if encoder is None:  # refused before anything was sent
                 assert end.error is not None
                 await self.exchange.answer_error(end.error)
@@ -143,28 +140,39 @@ class _Answer:
                 remember(answer)
             await out.finish(b"".join(tail))
 
+    def _stop(self) -> StopFilter | None:
+        return StopFilter(self.chat.stop) if self.chat.stop else None
+
     async def whole(self, plan: Plan, remember: Callable[[Answer], None]) -> None:
         completion = WholeCompletion()
+        stop = self._stop()
 
         async def consume(turn: Turn) -> bool:
-            nonlocal completion
-            completion = WholeCompletion()  # a new attempt starts from nothing
+            nonlocal completion, stop
+            # A new attempt starts from nothing.
+            completion, stop = WholeCompletion(), self._stop()
             presenter = ChatPresenter(self.options)
             renderer = TurnRenderer()
             async for event in turn:
-                for piece in renderer.feed(event):
+                for piece in _stopped(renderer.feed(event), stop):
+                    for delta in presenter.present(piece):
+                        completion.add(delta)
+                if stop is not None and stop.stopped:
+                    break  # leaving the turn interrupts it
+            else:
+                for piece in stop.end() if stop is not None else ():
                     for delta in presenter.present(piece):
                         completion.add(delta)
             return presenter.shown > 0
 
         attempt = await run_attempts(self.supervisor, plan.requests, consume)
-        end = ending(attempt)
+        end = ending(attempt, stopped=stop is not None and stop.stopped)
         if end.error is not None:
             await self.exchange.answer_error(end.error)
             return
         answer = answer_of(attempt, completion.content)
-        assert answer is not None
-        remember(answer)
+        if answer is not None:  # (a turn ended at a stop sequence is not kept)
+            remember(answer)
         body = completion.body(
             self.completion_id,
             int(time.time()),
@@ -181,21 +189,101 @@ async def _pump(
     presenter: ChatPresenter,
     encoder: ChunkEncoder,
     out: EventStream,
+    stop: StopFilter | None = None,
 ) -> None:
-    """Render the turn's events to chunks until its end."""
+    """Render the turn's events to chunks until its end, or its first stop
+    sequence."""
     feed = renderer.feed
     present = presenter.present
     encode = encoder.delta
     while True:
         event = await turn.next_event()
-        if event is None:
-            return
         frames: list[bytes] = []
-        for one in (event, *turn.next_events_nowait(_BATCH)):
-            for piece in feed(one):
-                for delta in present(piece):
-                    frames.append(encode(delta))
+        if event is not None:
+            for one in (event, *turn.next_events_nowait(_BATCH)):
+                for piece in feed(one) if stop is None else _stopped(feed(one), stop):
+                    for delta in present(piece):
+                        frames.append(encode(delta))
+        ended = event is None or isinstance(event, TurnEnded)
+        if stop is not None and ended:
+            frames += [encode(delta) for piece in stop.end() for delta in present(piece)]
         if frames:
             await out.send(b"".join(frames))
-        if isinstance(event, TurnEnded):
-            return
+        if ended or (stop is not None and stop.stopped):
+            return  # (leaving a turn at a stop sequence interrupts it)
+
+
+def _stopped(pieces: list[Piece], stop: StopFilter | None) -> list[Piece]:
+    """``pieces`` through the stop sequences, if any."""
+    if stop is None:
+        return pieces
+    return [out for piece in pieces for out in stop.feed(piece)]
+
+
+_INT = {"type": "integer"}
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": _INT,
+        "completion_tokens": _INT,
+        "total_tokens": _INT,
+        "prompt_tokens_details": {"type": "object", "properties": {"cached_tokens": _INT}},
+        "completion_tokens_details": {
+            "type": "object",
+            "properties": {"reasoning_tokens": _INT},
+        },
+    },
+}
+_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": _INT,
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message", "finish_reason"],
+                "properties": {
+                    "index": _INT,
+                    "message": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": {"type": "string"},
+                            "reasoning_content": {"type": "string"},
+                        },
+                    },
+                    "finish_reason": {"enum": ["stop", "length"]},
+                },
+            },
+        },
+        "usage": _USAGE,
+    },
+}
+
+OPERATIONS = (
+    Operation(
+        "POST",
+        "/v1/chat/completions",
+        "Chat completions (OpenAI): one codex turn",
+        "OpenAI",
+        description=(
+            "The last user message (with its images) is the turn's input; earlier messages are "
+            "the conversation's history, continued on its codex thread when the conversation "
+            "is known. With stream: true the answer is a text/event-stream of "
+            "chat.completion.chunk objects (data: {...} frames): the role first, then content "
+            "and reasoning_content deltas, OpenWebUI status events where enabled, an error "
+            "chunk if the turn fails after it started, a chunk with finish_reason (stop or "
+            "length), a usage chunk when stream_options.include_usage is set, and data: "
+            "[DONE]; comment frames keep an idle stream alive."
+        ),
+        body=CHAT_BODY,
+        responses={"application/json": _COMPLETION},
+    ),
+)
