@@ -10,8 +10,10 @@ import pytest
 import trio
 
 from http_front.conversation.store import (
+    MemoryStore,
     Record,
     RedisStore,
+    ResponseRecord,
     SQLiteStore,
     StoreError,
     open_store,
@@ -91,3 +93,71 @@ def test_open_store_by_url(tmp_path: Path) -> None:
     assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
     with pytest.raises(StoreError, match="unsupported state_url"):
         open_store("mysql://nope")
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+async def any_store(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> AsyncIterator[Any]:
+    prefix = f"resp-{tmp_path.name}:"
+    if request.param == "sqlite":
+        made: Any = SQLiteStore(tmp_path / "r.sqlite3", prefix=prefix, ttl_s=60)
+    elif request.param == "redis":
+        made = RedisStore(redis_url, prefix=prefix, ttl_s=60)
+    else:
+        made = MemoryStore(ttl_s=60)
+    async with made:
+        yield made
+
+
+async def test_response_records_and_thread_heads(any_store: Any) -> None:
+    record = ResponseRecord(
+        "thread-1",
+        "turn-1",
+        "resp_1",
+        previous=None,
+        instructions="Be brief.",
+        items=(
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        ),
+        response={"id": "resp_1", "object": "response", "output": []},
+    )
+    assert await any_store.get_response("resp_1") is None
+    await any_store.put_response("resp_1", record)
+    assert await any_store.get_response("resp_1") == record
+    assert await any_store.get_thread_head("thread-1") is None
+    await any_store.put_thread_head("thread-1", "turn-1")
+    await any_store.put_thread_head("thread-1", "turn-2")
+    assert await any_store.get_thread_head("thread-1") == "turn-2"
+    # a conversation's key of the same name is another record
+    assert await any_store.get("resp_1") is None
+    assert await any_store.delete_response("resp_1") is True
+    assert await any_store.get_response("resp_1") is None
+    assert await any_store.delete_response("resp_1") is False
+
+
+async def test_response_records_expire(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    record = ResponseRecord("t", "u", "c")
+    for made in (
+        SQLiteStore(tmp_path / "x.sqlite3", ttl_s=1),
+        RedisStore(redis_url, prefix=f"rexp-{tmp_path.name}:", ttl_s=1),
+        MemoryStore(ttl_s=1),
+    ):
+        async with made:
+            await made.put_response("r", record)
+            assert await made.get_response("r") == record
+            await trio.sleep(1.2)
+            assert await made.get_response("r") is None
+            assert await made.delete_response("r") is False
+
+
+async def test_redis_response_records_survive_a_new_client(redis_url: str, tmp_path: Path) -> None:  # noqa: F811
+    prefix = f"restart-{tmp_path.name}:"
+    async with RedisStore(redis_url, prefix=prefix) as first:
+        await first.put_response("r", ResponseRecord("t", "u", "c"))
+        await first.put_thread_head("t", "u")
+    async with RedisStore(redis_url, prefix=prefix) as second:
+        assert await second.get_response("r") == ResponseRecord("t", "u", "c")
+        assert await second.get_thread_head("t") == "u"

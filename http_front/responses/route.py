@@ -1,0 +1,472 @@
+"""``/v1/responses``: the OpenAI Responses API door.
+
+``POST`` parses and checks the request, finds the chain it continues
+(``previous_response_id``), runs the turn (:func:`http_front.turns.run_attempts`)
+and writes the answer as an event stream (through the response owner) or
+whole; ``GET`` and ``DELETE /v1/responses/{id}`` read and forget a stored
+response.
+
+A chain of responses is one codex thread in one workspace directory. A
+response continuing the thread's last turn runs on that thread with only its
+new input; one continuing an earlier response (a branch), or a thread codex
+can no longer resume, runs on a fresh thread seeded with the chain's stored
+history. Turns of one thread run one at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
+
+from .. import telemetry
+from ..chat.request import parse_body
+from ..conversation.identity import workspace_name
+from ..conversation.manager import Conversations
+from ..conversation.store import ConversationStore, MemoryStore, ResponseRecord
+from ..door import Door
+from ..errors import ApiError
+from ..images import write as write_images
+from ..models import model_turn
+from ..options import FrontOptions
+from ..render import TurnRenderer
+from ..response import SSE_KEEPALIVE, BodyLimits, EventStream, Exchange, open_event_stream
+from ..schema import JsonSchema, Operation
+from ..turns import Attempt, ending, run_attempts
+from .encode import EventEncoder, ResponseHead, ResponsePresenter, new_id
+from .request import BODY, ResponsesRequest, parse_responses_request
+
+#: Events rendered into one write at most; bounds a write's size and latency.
+_BATCH = 512
+#: How far back a chain's history is collected for a fresh thread.
+_MAX_CHAIN = 1000
+
+PREFIX = "/v1/responses/"
+
+
+def _not_found(response_id: str, param: str | None = None) -> ApiError:
+    if param == "previous_response_id":
+        return ApiError(
+            404,
+            f"Previous response with id '{response_id}' not found.",
+            param=param,
+            code="previous_response_not_found",
+        )
+    return ApiError(404, f"No response found with id '{response_id}'.", code="not_found")
+
+
+@attrs.frozen
+class _Chain:
+    """Where a request's turn runs, and what it continues."""
+
+    candidates: tuple[TurnRequest, ...]
+    chain: str | None  # None: a one-off (store=false, nothing continued)
+    cwd: Path
+    instructions: str | None
+
+
+class Responses(Door):
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        conversations: Conversations,
+        options: FrontOptions,
+        limits: BodyLimits,
+    ) -> None:
+        super().__init__(supervisor, conversations, options, limits)
+        self._memory: MemoryStore | None = None
+
+    @property
+    def store(self) -> ConversationStore:
+        if self.conversations.store is not None:
+            return self.conversations.store
+        if self._memory is None:
+            self._memory = MemoryStore()
+        return self._memory
+
+    # -- GET / DELETE ------------------------------------------------------------------
+
+    def _id_of(self, exchange: Exchange) -> str:
+        response_id = exchange.path[len(PREFIX) :].rstrip("/")
+        if not response_id or "/" in response_id:
+            raise ApiError(404, f"no such endpoint: {exchange.path}", code="unknown_url")
+        return response_id
+
+    async def get(self, exchange: Exchange) -> None:
+        response_id = self._id_of(exchange)
+        record = await self.store.get_response(response_id)
+        if record is None or record.response is None:
+            raise _not_found(response_id)
+        await exchange.answer_json(200, record.response)
+
+    async def delete(self, exchange: Exchange) -> None:
+        response_id = self._id_of(exchange)
+        if not await self.store.delete_response(response_id):
+            raise _not_found(response_id)
+        await exchange.answer_json(
+            200, {"id": response_id, "object": "response.deleted", "deleted": True}
+        )
+
+    # -- POST --------------------------------------------------------------------------
+
+    async def create(self, exchange: Exchange) -> None:
+        exchange.require_json()
+        request = parse_responses_request(
+            parse_body(await exchange.read_body(self.limits)),
+            self.options.images,
+            default_effort=self.options.default_reasoning_effort,
+            summary=self.options.reasoning_summary,
+        )
+        turn = await model_turn(self.supervisor, self.options.aliases, request.model, request.turn)
+        request = attrs.evolve(request, turn=turn)
+        previous: ResponseRecord | None = None
+        if request.previous_response_id is not None:
+            previous = await self.store.get_response(request.previous_response_id)
+            if previous is None:
+                raise _not_found(request.previous_response_id, "previous_response_id")
+        response_id = new_id("resp")
+        chain_id = previous.chain if previous is not None else response_id
+        record = telemetry.current()
+        if record is not None:
+            record.model = request.model
+            record.conversation = telemetry.conversation_hash(chain_id)
+        answer = _Answer(self, exchange, request, previous, response_id)
+        lock = None if previous is None else "responses:" + previous.thread_id
+        async with exchange.cancelled_on_disconnect():
+            try:
+                async with self.conversations.one_at_a_time(lock):
+                    chain = await self._chain(request, previous, chain_id)
+                    try:
+                        await (answer.stream if request.stream else answer.whole)(chain)
+                    finally:
+                        if chain.chain is None:
+                            with trio.move_on_after(10, shield=True):
+                                await trio.to_thread.run_sync(shutil.rmtree, chain.cwd, True)
+            except ApiError as exc:  # raised before any response was started
+                await exchange.answer_error(exc)
+
+    async def _chain(
+        self, request: ResponsesRequest, previous: ResponseRecord | None, chain_id: str
+    ) -> _Chain:
+        turn = request.turn
+        root = Path(self.conversations.workspace_root)
+        if previous is None and not request.store:
+            # Nothing will be kept: a directory of its own, removed afterwards.
+            cwd = root / "scratch" / uuid.uuid4().hex
+            chain: str | None = None
+        else:
+            cwd = root / "responses" / workspace_name(chain_id)
+            chain = chain_id
+        await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
+        paths, urls = await write_images(request.images, str(cwd))
+        turn = attrs.evolve(
+            turn, cwd=str(cwd), local_images=paths, image_urls=urls, ephemeral=chain is None
+        )
+        if previous is None:
+            return _Chain((turn,), chain, cwd, turn.developer_instructions)
+        instructions = turn.developer_instructions or previous.instructions
+        candidates: list[TurnRequest] = []
+        head = await self.store.get_thread_head(previous.thread_id)
+        if head == previous.turn_id:
+            # The thread's last turn: go on with only the new input (and
+            # instructions the thread was not started with, as a developer message).
+            added: tuple[dict[str, object], ...] = ()
+            if turn.developer_instructions and turn.developer_instructions != previous.instructions:
+                added = (
+                    {
+                        "type": "message",
+                        "role": "developer",
+                        "content": [{"type": "input_text", "text": turn.developer_instructions}],
+                    },
+                )
+            candidates.append(
+                attrs.evolve(
+                    turn,
+                    thread_id=previous.thread_id,
+                    developer_instructions=None,
+                    history=added + turn.history,
+                )
+            )
+        history = await self._chain_history(previous)
+        if history is not None:
+            candidates.append(
+                attrs.evolve(
+                    turn, developer_instructions=instructions, history=history + turn.history
+                )
+            )
+        if not candidates:
+            raise ApiError(
+                409,
+                f"response '{request.previous_response_id}' is not the last of its thread, and "
+                "the earlier responses of its chain are no longer stored: its conversation "
+                "cannot be rebuilt; start a new one",
+                param="previous_response_id",
+                code="previous_response_unavailable",
+            )
+        return _Chain(tuple(candidates), chain, cwd, instructions)
+
+    async def _chain_history(self, last: ResponseRecord) -> tuple[dict[str, object], ...] | None:
+        """Every stored item of the chain up to ``last``; None if a link is gone."""
+        records = [last]
+        while records[-1].previous is not None and len(records) < _MAX_CHAIN:
+            earlier = await self.store.get_response(records[-1].previous)
+            if earlier is None:
+                return None
+            records.append(earlier)
+        return tuple(item for record in reversed(records) for item in record.items)
+
+    async def remember(
+        self,
+        request: ResponsesRequest,
+        previous: ResponseRecord | None,
+        chain: _Chain,
+        response_id: str,
+        turn: Turn | None,
+        final: dict[str, Any],
+        answer: str,
+    ) -> None:
+        """Keep the response (if asked) and its thread's last turn. Shielded
+        and bounded: the server reports a finished exchange as a disconnect."""
+        if turn is None or not turn.turn_id or chain.chain is None:
+            return
+        with trio.move_on_after(10, shield=True):
+            await self.store.put_thread_head(turn.thread_id, turn.turn_id)
+            if not request.store:
+                return
+            reply: tuple[dict[str, Any], ...] = ()
+            if answer:
+                reply = (
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": answer}],
+                    },
+                )
+            await self.store.put_response(
+                response_id,
+                ResponseRecord(
+                    thread_id=turn.thread_id,
+                    turn_id=turn.turn_id,
+                    chain=chain.chain,
+                    previous=request.previous_response_id,
+                    instructions=chain.instructions,
+                    items=request.items + reply,
+                    response=final,
+                ),
+            )
+
+
+@attrs.define
+class _Answer:
+    """One request's answer, streamed or whole."""
+
+    door: Responses
+    exchange: Exchange
+    request: ResponsesRequest
+    previous: ResponseRecord | None
+    response_id: str
+    created_at: int = attrs.Factory(lambda: int(time.time()))
+
+    def _presenter(self, turn: Turn) -> ResponsePresenter:
+        head = ResponseHead(
+            self.response_id,
+            self.created_at,
+            self.request.model or turn.model,
+            self.request.echo,
+            self.request.previous_response_id,
+        )
+        return ResponsePresenter(head)
+
+    async def _finish(
+        self, chain: _Chain, attempt: Attempt, presenter: ResponsePresenter
+    ) -> list[dict[str, Any]]:
+        events = presenter.finish(ending(attempt), int(time.time()))
+        await self.door.remember(
+            self.request,
+            self.previous,
+            chain,
+            self.response_id,
+            attempt.turn,
+            presenter.final,
+            presenter.answer_text(),
+        )
+        return events
+
+    async def stream(self, chain: _Chain) -> None:
+        encoder = EventEncoder()
+        presenter: ResponsePresenter | None = None
+        keepalive = self.door.options.keepalive_interval_s
+        async with open_event_stream(self.exchange, keepalive_s=keepalive) as out:
+
+            async def consume(turn: Turn) -> bool:
+                nonlocal presenter
+                started = presenter is not None
+                presenter = self._presenter(turn)  # a new attempt starts from nothing
+                if not started:
+                    # A keepalive comment first: headers and first bytes reach
+                    # the client at once, whatever buffers sit between.
+                    await out.start(SSE_KEEPALIVE + encoder.encode_all(presenter.start()))
+                await _pump(turn, TurnRenderer(), presenter, encoder, out)
+                return presenter.shown > 0
+
+            attempt = await run_attempts(self.door.supervisor, chain.candidates, consume)
+            if presenter is None:  # refused before anything was sent
+                end = ending(attempt)
+                assert end.error is not None
+                await self.exchange.answer_error(end.error)
+                return
+            events = await self._finish(chain, attempt, presenter)
+            await out.finish(encoder.encode_all(events))
+
+    async def whole(self, chain: _Chain) -> None:
+        presenter: ResponsePresenter | None = None
+
+        async def consume(turn: Turn) -> bool:
+            nonlocal presenter
+            presenter = self._presenter(turn)  # a new attempt starts from nothing
+            renderer = TurnRenderer()
+            async for event in turn:
+                for piece in renderer.feed(event):
+                    presenter.present(piece)
+            return presenter.shown > 0
+
+        attempt = await run_attempts(self.door.supervisor, chain.candidates, consume)
+        end = ending(attempt)
+        if presenter is None:
+            assert end.error is not None
+            await self.exchange.answer_error(end.error)
+            return
+        await self._finish(chain, attempt, presenter)
+        if end.error is not None:
+            await self.exchange.answer_error(end.error)
+            return
+        await self.exchange.answer_json(200, presenter.final)
+
+
+async def _pump(
+    turn: Turn,
+    renderer: TurnRenderer,
+    presenter: ResponsePresenter,
+    encoder: EventEncoder,
+    out: EventStream,
+) -> None:
+    """Render the turn's events to SSE frames until its end."""
+    feed = renderer.feed
+    present = presenter.present
+    encode = encoder.encode
+    while True:
+        event = await turn.next_event()
+        if event is None:
+            return
+        frames: list[bytes] = []
+        for one in (event, *turn.next_events_nowait(_BATCH)):
+            for piece in feed(one):
+                for item in present(piece):
+                    frames.append(encode(item))
+        if frames:
+            await out.send(b"".join(frames))
+        if isinstance(event, TurnEnded):
+            return
+
+
+def _response_schema() -> JsonSchema:
+    return {
+        "title": "Response",
+        "type": "object",
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "created_at": {"type": "integer"},
+            "completed_at": {"type": ["integer", "null"]},
+            "status": {"enum": ["in_progress", "completed", "incomplete", "failed"]},
+            "error": {
+                "type": ["object", "null"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "incomplete_details": {"type": ["object", "null"]},
+            "model": {"type": "string"},
+            "output": {
+                "type": "array",
+                "description": "message, reasoning, shell_call, shell_call_output, "
+                "apply_patch_call, apply_patch_call_output, mcp_call and web_search_call items",
+                "items": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+                },
+            },
+            "previous_response_id": {"type": ["string", "null"]},
+            "instructions": {"type": ["string", "null"]},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "usage": {
+                "type": ["object", "null"],
+                "properties": {
+                    "input_tokens": {"type": "integer"},
+                    "input_tokens_details": {
+                        "type": "object",
+                        "properties": {"cached_tokens": {"type": "integer"}},
+                    },
+                    "output_tokens": {"type": "integer"},
+                    "output_tokens_details": {
+                        "type": "object",
+                        "properties": {"reasoning_tokens": {"type": "integer"}},
+                    },
+                    "total_tokens": {"type": "integer"},
+                },
+            },
+            "store": {"type": "boolean"},
+        },
+    }
+
+
+_RESPONSE = _response_schema()
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/v1/responses",
+        "Create a response",
+        "Responses",
+        description="Runs one codex turn. With stream: true, server-sent events "
+        "(response.created … response.completed / incomplete / failed, each with a "
+        "sequence_number); else the response object. previous_response_id continues "
+        "the same codex thread.",
+        body=BODY,
+        responses={"application/json": _RESPONSE, "text/event-stream": {"type": "string"}},
+    ),
+    Operation(
+        "GET",
+        "/v1/responses/{response_id}",
+        "Retrieve a stored response",
+        "Responses",
+        responses={"application/json": _RESPONSE},
+        parameters={"response_id": "The response's id (resp_…)."},
+    ),
+    Operation(
+        "DELETE",
+        "/v1/responses/{response_id}",
+        "Delete a stored response",
+        "Responses",
+        description="It can no longer be retrieved nor continued.",
+        responses={
+            "application/json": {
+                "type": "object",
+                "required": ["id", "object", "deleted"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "response.deleted"},
+                    "deleted": {"const": True},
+                },
+            }
+        },
+        parameters={"response_id": "The response's id (resp_…)."},
+    ),
+)
