@@ -39,6 +39,7 @@ from supervisor import ChildRef, Supervisor, UnknownChild
 from .access import client_is_loopback, require_loopback_host
 from .errors import ApiError
 from .response import Exchange
+from .schema import JsonSchema, Operation
 from .telemetry import VERSION, Telemetry
 
 #: The operator's status page (shipped as package data, see pyproject.toml).
@@ -203,3 +204,112 @@ class AdminRoutes:
         body["child"] = child.name
         body["slot"] = child.slot
         return status, body
+
+
+_POOL: JsonSchema = {
+    "type": "object",
+    "description": "The pool: its children (slot, name, pid, state, load, restarts, breaker, "
+    "...) and counters.",
+    "properties": {
+        "size": {"type": "integer"},
+        "ready": {"type": "integer"},
+        "auth_problem": {"type": ["string", "null"]},
+        "paused": {"type": "boolean"},
+        "rolling_restart": {"type": "boolean"},
+        "accepting": {"type": "boolean"},
+        "active_turns": {"type": "integer"},
+        "queued": {"type": "integer"},
+        "max_turns_per_child": {"type": "integer"},
+        "children": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["size", "ready", "paused", "children"],
+}
+_STATUS: JsonSchema = {
+    "type": "object",
+    "description": "The pool (as GET /admin/pool) and what the status page shows besides: "
+    "readiness, the requests being served, recent errors, rate limits, uptime, version.",
+    "properties": {
+        **_POOL["properties"],
+        "readiness": {"type": "object"},
+        "requests": {"type": "array", "items": {"type": "object"}},
+        "recent_errors": {"type": "array", "items": {"type": "object"}},
+        "rate_limits": {"type": "array", "items": {"type": "object"}},
+        "uptime_s": {"type": "number"},
+        "version": {"type": "string"},
+    },
+    "required": ["size", "children", "readiness", "requests", "version"],
+}
+_CHILD_ACTION: JsonSchema = {
+    "type": "object",
+    "description": "The pool (as GET /admin/pool), with the child acted on.",
+    "properties": {**_POOL["properties"], "child": {"type": "string"}, "slot": {"type": "integer"}},
+    "required": ["size", "children", "child", "slot"],
+}
+_TOKEN = (
+    "Needs the admin token (Authorization: Bearer <admin_token>); without one configured, "
+    "a local client addressing the service by a loopback name. "
+)
+_CHILD = {"name": "The child's name, as GET /admin/pool lists it."}
+
+
+def _pool_action(verb: str, summary: str, status: str) -> Operation:
+    return Operation(
+        "POST",
+        f"/admin/pool/{verb}",
+        summary,
+        "admin",
+        description=_TOKEN + status,
+        responses={"application/json": _POOL},
+    )
+
+
+def _child_action(verb: str, summary: str, status: str) -> Operation:
+    return Operation(
+        "POST",
+        f"/admin/children/{{name}}/{verb}",
+        summary,
+        "admin",
+        description=_TOKEN + status + " 404 `unknown_child` for a name not in the pool.",
+        responses={"application/json": _CHILD_ACTION},
+        parameters=_CHILD,
+    )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        "/admin/",
+        "The operator's status page",
+        "admin",
+        description="An HTML page holding no data; it reads and acts through the endpoints "
+        "below, under their rule.",
+        responses={"text/html": {"type": "string"}},
+        open=True,
+    ),
+    Operation(
+        "GET",
+        "/admin/pool",
+        "Pool status",
+        "admin",
+        description=_TOKEN,
+        responses={"application/json": _POOL},
+    ),
+    Operation(
+        "GET",
+        "/admin/status",
+        "Everything the status page shows",
+        "admin",
+        description=_TOKEN,
+        responses={"application/json": _STATUS},
+    ),
+    _pool_action(
+        "rolling-restart",
+        "Replace every child, one by one",
+        "202 when started; 409 when one is already running.",
+    ),
+    _pool_action("drain", "Stop giving out turns", "Running turns go on."),
+    _pool_action("undrain", "Resume giving out turns", ""),
+    _child_action("restart", "Replace one child", "202: it is drained, then replaced."),
+    _child_action("drain", "No new turns for one child", ""),
+    _child_action("undrain", "Put one child back in service", ""),
+)

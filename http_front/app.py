@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from supervisor import Supervisor
 
+from . import admin, docs, health, models
 from .access import (
     AccessPolicy,
     ApiKey,
@@ -24,20 +25,42 @@ from .access import (
 )
 from .admin import AdminRoutes
 from .asgi import Receive, Scope, Send, serve_lifespan, with_response_headers
+from .chat import route as chat_door
 from .chat.route import ChatCompletions
 from .conversation.manager import Conversations
+from .docs import DocsRoutes
 from .errors import ApiError
 from .health import HealthRoutes
 from .models import ModelRoutes
+from .ollama import route as ollama
+from .ollama.errors import as_ollama, is_ollama_path
+from .openapi import ADMIN_TOKEN, API_KEY, OpenApi
 from .options import FrontOptions
 from .response import BodyLimits, ClientGone, Exchange, has_body
-from .telemetry import RequestRecord, Telemetry
+from .responses import route as responses
+from .schema import Operation
+from .telemetry import VERSION, RequestRecord, Telemetry
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
 #: Routes that need no API key (besides /admin/ and /metrics, which have
-#: the admin token).
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: the admin token, and Swagger UI's files under docs.STATIC_PREFIX).
+_OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/init.js"})
+
+METRICS = Operation(
+    "GET",
+    "/metrics",
+    "Prometheus metrics",
+    "admin",
+    description="Prometheus's text format. The admin API's access rule, unless "
+    "`metrics_public`; 404 when `metrics = false`.",
+    responses={"text/plain": {"type": "string"}},
+)
+
+
+def _operator(path: str) -> bool:
+    """The operator's routes: no API key, the admin token's access rule."""
+    return path == "/admin" or path.startswith("/admin/") or path == "/metrics"
 
 
 class BridgeApp:
@@ -71,17 +94,60 @@ class BridgeApp:
         chat = ChatCompletions(
             supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
         )
-        models = ModelRoutes(supervisor)
-        health = HealthRoutes(supervisor)
+        model_routes = ModelRoutes(supervisor, (options or FrontOptions()).aliases)
+        response_routes = responses.Responses(
+            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
+        )
+        ollama_routes = ollama.OllamaRoutes(
+            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
+        )
+        health_routes = HealthRoutes(supervisor)
         self.admin = AdminRoutes(supervisor, self.telemetry, token=admin_token)
+        #: What every route served does, for /openapi.json: each route's
+        #: module describes its own (tests/test_openapi.py holds every
+        #: route of the tables below to having one).
+        self.operations: tuple[Operation, ...] = (
+            *chat_door.OPERATIONS,
+            *models.OPERATIONS,
+            *responses.OPERATIONS,
+            *ollama.OPERATIONS,
+            *health.OPERATIONS,
+            *admin.OPERATIONS,
+            METRICS,
+            *docs.OPERATIONS,
+        )
+        self.openapi = OpenApi(self.operations, version=VERSION, security=self._security)
+        doc_routes = DocsRoutes(self.openapi)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): chat,
-            ("GET", "/v1/models"): models.list,
-            ("GET", "/healthz"): health.healthz,
-            ("GET", "/readyz"): health.readyz,
+            ("POST", "/v1/responses"): response_routes.create,
+            ("GET", "/v1/models"): model_routes.list,
+            ("GET", "/healthz"): health_routes.healthz,
+            ("GET", "/readyz"): health_routes.readyz,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/openapi.json"): doc_routes.document,
+            ("GET", docs.PAGE_PATH): doc_routes.page,
+            ("GET", docs.INIT_PATH): doc_routes.init_script,
+            **ollama_routes.routes,
         }
-        self._get_model = models.get
+        #: Routes by path prefix: (method, prefix, the path as /openapi.json names it, handler).
+        self._prefixed: tuple[tuple[str, str, str, Handler], ...] = (
+            ("GET", ModelRoutes.PREFIX, "/v1/models/{model}", model_routes.get),
+            ("GET", responses.PREFIX, "/v1/responses/{response_id}", response_routes.get),
+            ("DELETE", responses.PREFIX, "/v1/responses/{response_id}", response_routes.delete),
+            ("GET", docs.STATIC_PREFIX, "/docs/static/{version}/{file}", doc_routes.static),
+        )
+
+    def route_table(self) -> list[tuple[str, str]]:
+        """(method, path) of every route served outside ``/admin/``, paths
+        with parameters as /openapi.json names them."""
+        return [*self._routes, *((method, path) for method, _, path, _ in self._prefixed)]
+
+    def _security(self, operation: Operation) -> str | None:
+        """The scheme a route needs, as /openapi.json says it."""
+        if operation.open or (operation.path == "/metrics" and self.metrics_public):
+            return None
+        return ADMIN_TOKEN if _operator(operation.path) else API_KEY
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -99,9 +165,7 @@ class BridgeApp:
         self, scope: Scope, receive: Receive, send: Send, record: RequestRecord
     ) -> None:
         path = scope["path"].rstrip("/") or "/"
-        admin = path == "/admin" or path.startswith("/admin/")
-        # The operator's routes: no API key, the admin token's access rule.
-        operator = admin or path == "/metrics"
+        operator = _operator(path)
         try:
             # Decided on the request line and headers alone: a refusal leaves
             # the body unread, so the connection cannot be reused.
@@ -112,7 +176,7 @@ class BridgeApp:
                     await self._preflight(Exchange(scope, receive, send))
                     return
                 send = with_response_headers(send, cors)
-                open_path = operator or path in _OPEN_PATHS
+                open_path = operator or path in _OPEN_PATHS or path.startswith(docs.STATIC_PREFIX)
                 key = None if open_path else self._authenticate(scope, record)
                 if key is None and not open_path:
                     self._guard_keyless(scope)
@@ -129,6 +193,8 @@ class BridgeApp:
             with claim:
                 await handler(Exchange(scope, receive, claim.sending(send)))
         except ApiError as exc:
+            if is_ollama_path(path):  # Ollama's clients read Ollama's error shape
+                exc = as_ollama(exc)
             await Exchange(scope, receive, send).answer_error(exc)
         except ClientGone:
             pass
@@ -136,8 +202,9 @@ class BridgeApp:
     def _route(self, scope: Scope, path: str) -> Handler:
         if path == "/admin" or path.startswith("/admin/"):
             return self.admin
-        if path.startswith(ModelRoutes.PREFIX) and scope["method"] == "GET":
-            return self._get_model
+        for method, prefix, _, prefixed in self._prefixed:
+            if path.startswith(prefix) and scope["method"] == method:
+                return prefixed
         handler = self._routes.get((scope["method"], path))
         if handler is not None:
             return handler

@@ -137,6 +137,19 @@ class Page:
             if event.get("sessionId") == self.session and event["method"] == method
         ]
 
+    def problems(self) -> list[Any]:
+        """What the page complained about: uncaught exceptions, console calls
+        other than log, and logged errors and warnings (CSP violations among them)."""
+        return [
+            *self.events("Runtime.exceptionThrown"),
+            *(e for e in self.events("Runtime.consoleAPICalled") if e["type"] != "log"),
+            *(
+                e["entry"]
+                for e in self.events("Log.entryAdded")
+                if e["entry"]["level"] in {"error", "warning"}
+            ),
+        ]
+
     async def navigate(self, url: str) -> None:
         result = await self.send("Page.navigate", {"url": url})
         if result.get("errorText"):

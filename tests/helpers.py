@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -259,6 +260,16 @@ async def start_serve(
             if process.returncode is not None:
                 raise RuntimeError(f"codex-bridge serve exited with {process.returncode}")
             await trio.sleep(0.05)
+
+
+async def stop_serve(process: trio.Process) -> None:
+    """SIGTERM a ``codex-bridge serve`` (killed after 15 s) and wait for it."""
+    process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(15):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
 
 
 async def eventually(predicate: Callable[[], bool], *, interval_s: float = 0.01) -> None:

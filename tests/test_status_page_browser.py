@@ -12,7 +12,6 @@ there (the README's docs/status-page.png).
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 import trio
 
 from tests.cdp import Page, chromium_binary, open_chromium
-from tests.helpers import chat_body, start_serve
+from tests.helpers import chat_body, start_serve, stop_serve
 
 PAGE_PIDS = """Object.fromEntries(
   Array.from(document.querySelectorAll('#children tbody tr[data-child]'))
@@ -131,23 +130,10 @@ async def test_status_page_shows_the_pool_and_restarts_a_child(
                 assert f"{url}/admin/status" in requested
                 restart = f"{url}/admin/children/{idle[0]['name']}/restart"
                 assert [r["method"] for r in sent if r["url"] == restart] == ["POST"]
-                assert not page.events("Runtime.exceptionThrown")
-                console = [e for e in page.events("Runtime.consoleAPICalled") if e["type"] != "log"]
-                assert not console, console
-                logged = [
-                    e["entry"]
-                    for e in page.events("Log.entryAdded")
-                    if e["entry"]["level"] in {"error", "warning"}
-                ]
-                assert not logged, logged
+                assert not page.problems(), page.problems()
             nursery.cancel_scope.cancel()
     finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(15):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop_serve(process)
     assert process.returncode == 0
 
 
