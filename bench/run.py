@@ -13,6 +13,9 @@ delta with a warm pool, an idle child's restart (admin request → its
 replacement ready), and what a cold child (spawn, initialize, thread, turn)
 costs before its first delta, i.e. a pool of 0.
 
+Each front door (chat completions, Responses, Ollama chat and generate) gets
+its own throughput, added-latency and first-byte figures beside chat's.
+
 Loopback only; every loop is bounded.
 """
 
@@ -26,11 +29,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -128,33 +132,77 @@ async def service_process(
             log.close()
 
 
+@attrs.frozen
+class Door:
+    """A front door as the bench drives it: where to post, and how to tell
+    its delta lines (the whole text also comes back in some final events)."""
+
+    name: str
+    path: str
+    body: Callable[[str, str], dict[str, Any]]
+    #: Lines of the stream that carry a text delta contain this.
+    delta_line: bytes
+    #: A delta's text follows this in its line.
+    text_key: str
+
+
 def _chat(text: str, model: str) -> dict[str, Any]:
     return {"model": model, "stream": True, "messages": [{"role": "user", "content": text}]}
 
 
-async def _flood_stream(service: Service, deltas: int) -> tuple[int, int]:
-    """(deltas, SSE frames) received; a lagging client gets merged frames."""
+DOORS = (
+    Door("chat_completions", "/v1/chat/completions", _chat, b'"content":"', '"content":"'),
+    Door(
+        "responses",
+        "/v1/responses",
+        lambda text, model: {"model": model, "stream": True, "input": text},
+        b'"response.output_text.delta"',
+        '"delta":"',
+    ),
+    Door(
+        "ollama_chat",
+        "/api/chat",
+        lambda text, model: {"model": model, "messages": [{"role": "user", "content": text}]},
+        b'"done":false',
+        '"content":"',
+    ),
+    Door(
+        "ollama_generate",
+        "/api/generate",
+        lambda text, model: {"model": model, "prompt": text},
+        b'"done":false',
+        '"response":"',
+    ),
+)
+CHAT = DOORS[0]
+
+
+async def _flood_stream(service: Service, deltas: int, door: Door = CHAT) -> tuple[int, int]:
+    """(deltas, delta frames) received; a lagging client gets merged frames."""
     seen = frames = 0
     tail = b""
-    keep = len(TOKEN) - 1
     async with service.client.stream(
-        "POST", "/v1/chat/completions", json=_chat(f"flood {deltas}", "bench")
+        "POST", door.path, json=door.body(f"flood {deltas}", "bench")
     ) as response:
         async for chunk in response.aiter_raw():
-            data = tail + chunk
-            seen += data.count(TOKEN)
-            frames += data.count(FRAME)
-            tail = data[-keep:]
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                if door.delta_line in line:
+                    seen += line.count(TOKEN)
+                    frames += 1
     return seen, frames
 
 
-async def flood(service: Service, *, streams: int, deltas: int) -> dict[str, Any]:
+async def flood(
+    service: Service, *, streams: int, deltas: int, door: Door = CHAT
+) -> dict[str, Any]:
     counts: list[tuple[int, int]] = []
     cpu_before = _cpu_seconds(service.pid)
     start = time.perf_counter()
 
     async def one() -> None:
-        counts.append(await _flood_stream(service, deltas))
+        counts.append(await _flood_stream(service, deltas, door))
 
     async with trio.open_nursery() as nursery:
         for _ in range(streams):
@@ -162,11 +210,11 @@ async def flood(service: Service, *, streams: int, deltas: int) -> dict[str, Any
     wall = time.perf_counter() - start
     cpu = _cpu_seconds(service.pid) - cpu_before
     total = sum(seen for seen, _ in counts)
-    assert total == streams * deltas, f"lost deltas: {total} of {streams * deltas}"
+    assert total == streams * deltas, f"{door.name}: lost deltas: {total} of {streams * deltas}"
     return {
         "streams": streams,
         "deltas": total,
-        "sse_frames": sum(frames for _, frames in counts),
+        "delta_frames": sum(frames for _, frames in counts),
         "wall_s": round(wall, 3),
         "deltas_per_s": round(total / wall),
         "service_cpu_s": round(cpu, 3),
@@ -174,20 +222,24 @@ async def flood(service: Service, *, streams: int, deltas: int) -> dict[str, Any
     }
 
 
-async def tick(service: Service, *, streams: int, count: int, interval_ms: int) -> dict[str, Any]:
+async def tick(
+    service: Service, *, streams: int, count: int, interval_ms: int, door: Door = CHAT
+) -> dict[str, Any]:
     """Latency from the child writing a delta to the client reading it."""
     lags: list[float] = []
+    key = door.text_key
+    marked = door.delta_line.decode()
 
     async def one() -> None:
         async with service.client.stream(
-            "POST", "/v1/chat/completions", json=_chat(f"tick {count} {interval_ms}", "bench")
+            "POST", door.path, json=door.body(f"tick {count} {interval_ms}", "bench")
         ) as response:
             async for line in response.aiter_lines():
-                marker = line.find('"content":"')
-                if marker < 0 or line[marker + 11] == '"':
+                marker = line.find(key)
+                if marker < 0 or marked not in line or line[marker + len(key)] == '"':
                     continue
                 now = time.time()
-                stamp = float(line[marker + 11 :].split(" ", 1)[0])
+                stamp = float(line[marker + len(key) :].split(" ", 1)[0])
                 lags.append((now - stamp) * 1000)
 
     async with trio.open_nursery() as nursery:
@@ -241,20 +293,21 @@ async def hold(service: Service, *, streams: int) -> dict[str, Any]:
     }
 
 
-async def warm_latency(service: Service, *, requests: int) -> dict[str, Any]:
+async def warm_latency(service: Service, *, requests: int, door: Door = CHAT) -> dict[str, Any]:
     first_byte: list[float] = []
     first_delta: list[float] = []
+    first_text = door.text_key.encode() + b"H"
     for _ in range(requests):
         start = time.perf_counter()
         got_byte = got_delta = None
         async with service.client.stream(
-            "POST", "/v1/chat/completions", json=_chat("[scenario:plain] hi", "scripted-model")
+            "POST", door.path, json=door.body("[scenario:plain] hi", "scripted-model")
         ) as response:
             async for chunk in response.aiter_raw():
                 now = time.perf_counter()
                 if got_byte is None:
                     got_byte = now
-                if got_delta is None and b'"content":"H' in chunk:
+                if got_delta is None and first_text in chunk:
                     got_delta = now
         assert got_byte is not None
         assert got_delta is not None
@@ -382,6 +435,16 @@ async def main() -> None:
         results["throughput_8_streams"] = await flood(service, streams=8, deltas=50_000)
         results["latency_50_streams"] = await tick(service, streams=50, count=100, interval_ms=20)
         results["memory_100_open_streams"] = await hold(service, streams=100)
+        results["doors"] = {}
+        for door in DOORS:
+            await flood(service, streams=1, deltas=5_000, door=door)  # warm up
+            results["doors"][door.name] = {
+                "throughput_1_stream": await flood(service, streams=1, deltas=100_000, door=door),
+                "throughput_8_streams": await flood(service, streams=8, deltas=25_000, door=door),
+                "latency_50_streams": await tick(
+                    service, streams=50, count=50, interval_ms=20, door=door
+                ),
+            }
     print("metrics and logging: on vs off ...", file=sys.stderr)
     results["observability_overhead"] = await observability_overhead(fake_settings)
 
@@ -395,6 +458,9 @@ async def main() -> None:
             async with service_process(codex_bin, env, pool_size=2) as service:
                 await warm_latency(service, requests=3)  # warm up
                 results["real_warm_pool"] = await warm_latency(service, requests=20)
+                results["real_warm_pool_doors"] = {
+                    door.name: await warm_latency(service, requests=20, door=door) for door in DOORS
+                }
                 results["real_child_restart"] = await restart_latency(service, runs=5)
         results["real_cold_child"] = await cold_latency(codex_bin, model.base_url, runs=5)
 
