@@ -234,9 +234,7 @@ def test_whole_equals_what_the_sdk_assembles_from_the_stream() -> None:
 
 def test_failed_turn_ends_with_response_failed() -> None:
     error = ApiError(502, "The model failed.", type="server_error", code="codex_turn_failed")
-    events, _ = run(
-        [Text("partial", new_paragraph=True)], Ending(FinishReason.ERROR, error, USAGE)
-    )
+    events, _ = run([Text("partial", new_paragraph=True)], Ending(FinishReason.ERROR, error, USAGE))
     assert events[-1]["type"] == "response.failed"
     final = events[-1]["response"]
     assert final["status"] == "failed"
