@@ -8,9 +8,13 @@ import math
 import time
 from typing import Any
 
+import attrs
+import trio
+
 from .messages import JsonObject, Notification, ServerRequest, structure
-from .peer import JsonRpcPeer, ServerRequestRefused
+from .peer import JsonRpcPeer, PeerClosed, RpcCallError, ServerRequestRefused
 from .protocol import (
+    CLIENT_TOOL_CALL,
     AccountReadResult,
     ClientInfo,
     InitializeParams,
@@ -31,6 +35,17 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@attrs.define
+class _ToolCallSlot:
+    thread_id: str
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: JsonObject = attrs.Factory(dict)
+
+    def answer(self, text: str, *, success: bool) -> None:
+        self.result = {"contentItems": [{"type": "inputText", "text": text}], "success": success}
+        self.done.set()
 
 
 class ApprovalPolicy(enum.StrEnum):
@@ -110,8 +125,11 @@ class CodexClient:
         #: (``account/rateLimits/updated``, after each model response).
         self.rate_limits: tuple[RateLimitWindow, ...] = ()
         self.rate_limits_at = 0.0  # time.monotonic() of that report
+        #: The client's function calls codex waits on, by call id.
+        self._tool_calls: dict[str, _ToolCallSlot] = {}
         peer.on_server_request = self._answer_server_request
         peer.on_notification = self._on_notification
+        peer.self_timed_methods = frozenset({CLIENT_TOOL_CALL})
 
     def _on_notification(self, notification: Notification) -> None:
         """Notifications of no thread with a sink: the account's rate limits
@@ -123,6 +141,8 @@ class CodexClient:
                 self.rate_limits_at = time.monotonic()
 
     async def _answer_server_request(self, request: ServerRequest) -> Any:
+        if request.method == CLIENT_TOOL_CALL:
+            return await self._client_tool_call(request)
         answer = approval_answer(self.approval_policy, request)
         decision = str(answer["decision"])
         log.info("%s: answered %s with %s", self.peer.name, request.method, decision)
@@ -144,6 +164,57 @@ class CodexClient:
             )
         )
         return answer
+
+    # -- the client's functions (dynamic tools) ---------------------------------
+
+    async def _client_tool_call(self, request: ServerRequest) -> JsonObject:
+        """Hand the call to its thread's turn and wait for the client's result.
+
+        The wait has no bound here: the turn's owner answers it
+        (:meth:`answer_tool_call`), gives up on it (:meth:`fail_tool_calls`),
+        or the child goes away. codex's own timeouts are held off meanwhile
+        with the thread's out-of-band elicitation counter.
+        """
+        params = request.params
+        call_id, thread_id = params.get("callId"), params.get("threadId")
+        if not isinstance(call_id, str) or not isinstance(thread_id, str):
+            raise ServerRequestRefused(f"{CLIENT_TOOL_CALL} without callId or threadId")
+        slot = _ToolCallSlot(thread_id)
+        self._tool_calls[call_id] = slot
+        try:
+            await self._elicitation("thread/increment_elicitation", thread_id)
+            self.peer.deliver(Notification(CLIENT_TOOL_CALL, params))
+            await slot.done.wait()
+            return slot.result
+        finally:
+            del self._tool_calls[call_id]
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._elicitation("thread/decrement_elicitation", thread_id)
+
+    async def _elicitation(self, method: str, thread_id: str) -> None:
+        try:
+            await self.peer.request(method, {"threadId": thread_id}, timeout_s=10)
+        except (RpcCallError, PeerClosed, trio.TooSlowError) as exc:
+            log.debug("%s: %s for %s: %s", self.peer.name, method, thread_id, exc)
+
+    def answer_tool_call(self, call_id: str, text: str, *, success: bool = True) -> bool:
+        """Give codex the client's result of a call; False if none is waiting."""
+        slot = self._tool_calls.get(call_id)
+        if slot is None or slot.done.is_set():
+            return False
+        slot.answer(text, success=success)
+        return True
+
+    def fail_tool_calls(self, thread_id: str, reason: str) -> int:
+        """Fail every call of ``thread_id`` still waiting; how many there were."""
+        waiting = [
+            slot
+            for slot in self._tool_calls.values()
+            if slot.thread_id == thread_id and not slot.done.is_set()
+        ]
+        for slot in waiting:
+            slot.answer(reason, success=False)
+        return len(waiting)
 
     async def _call(
         self, method: str, params: Any, result_type: type[Any], timeout_s: float

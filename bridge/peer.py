@@ -127,6 +127,9 @@ class JsonRpcPeer:
         self.on_notification = on_notification
         self.on_server_request = on_server_request
         self.server_request_timeout_s = server_request_timeout_s
+        #: Server requests whose handler bounds its own wait (a client's
+        #: function result may take minutes).
+        self.self_timed_methods: frozenset[str] = frozenset()
         self._framer = LineFramer(max_line_bytes)
         self._tap = tap
         self._closed_reason: str | None = None
@@ -332,7 +335,12 @@ class JsonRpcPeer:
     async def _answer_server_request(self, request: ServerRequest) -> None:
         reply: bytes
         try:
-            with trio.fail_after(self.server_request_timeout_s):
+            timeout = (
+                math.inf
+                if request.method in self.self_timed_methods
+                else self.server_request_timeout_s
+            )
+            with trio.fail_after(timeout):
                 result = await self.on_server_request(request)
             reply = encode_response(request.id, result)
         except ServerRequestRefused as exc:

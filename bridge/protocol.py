@@ -130,6 +130,9 @@ class ThreadStartParams:
     base_instructions: str | None = None
     developer_instructions: str | None = None
     ephemeral: bool | None = None
+    #: The client's functions the model may call (``item/tool/call``); fixed
+    #: for the thread's life.
+    dynamic_tools: list[JsonObject] | None = None
 
 
 @attrs.frozen
@@ -318,6 +321,17 @@ class TurnCompleted:
 
 
 @attrs.frozen
+class ClientToolCall:
+    """The model calls one of the client's functions (a dynamic tool): codex
+    waits for its result (``item/tool/call``, answered through the client)."""
+
+    turn_id: str
+    call_id: str
+    tool: str
+    arguments: Any
+
+
+@attrs.frozen
 class OtherEvent:
     method: str
     params: JsonObject
@@ -332,6 +346,7 @@ TurnEvent: TypeAlias = (
     | TokenUsageUpdated
     | TurnErrorEvent
     | TurnCompleted
+    | ClientToolCall
     | OtherEvent
 )
 
@@ -430,7 +445,15 @@ def _turn_completed(p: JsonObject) -> TurnEvent:
     )
 
 
+def _client_tool_call(p: JsonObject) -> TurnEvent:
+    return ClientToolCall(_str(p, "turnId"), _str(p, "callId"), _str(p, "tool"), p.get("arguments"))
+
+
+#: What codex's ``item/tool/call`` server request is delivered to the thread as.
+CLIENT_TOOL_CALL = "item/tool/call"
+
 TURN_EVENT_PARSERS: dict[str, Callable[[JsonObject], TurnEvent]] = {
+    CLIENT_TOOL_CALL: _client_tool_call,
     "item/agentMessage/delta": _agent_delta,
     "item/reasoning/summaryTextDelta": _summary_delta,
     "item/reasoning/textDelta": _raw_reasoning_delta,

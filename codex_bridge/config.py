@@ -320,6 +320,12 @@ class Settings:
     )
     #: Model for title/tags/follow-up requests (default: the request's)
     task_model: str | None = None
+    #: The client's tools become codex dynamic tools ("auto"), or are ignored ("never")
+    client_tools: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(["auto", "never"])
+    )
+    #: A turn waiting on the client's function results is ended after this long without them
+    tool_result_timeout_s: float = attrs.field(default=300.0, validator=_positive)
 
     #: Bearer token for /admin/; without one, /admin/ serves loopback clients only.
     admin_token: str | None = attrs.field(default=None, repr=_redacted)

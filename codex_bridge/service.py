@@ -36,6 +36,7 @@ from http_front.images import ImageLimits
 from http_front.options import FrontOptions
 from http_front.response import BodyLimits
 from http_front.telemetry import Telemetry
+from http_front.tool_park import ToolPark
 from supervisor import Supervisor, TurnRefused
 from supervisor.child import API_KEY_VARIABLES, ChildLaunch
 from supervisor.command_policy import (
@@ -149,6 +150,7 @@ def front_options(settings: Settings) -> FrontOptions:
         if settings.reasoning_summary == "none"
         else settings.reasoning_summary,
         keepalive_interval_s=settings.keepalive_interval_s,
+        client_tools=settings.client_tools == "auto",
         images=ImageLimits(
             max_bytes=settings.image_max_bytes,
             max_count=settings.image_max_count,
@@ -255,6 +257,7 @@ async def run_service(
         task_model=settings.task_model,
     )
     supervisor = Supervisor(pool, multiplexer)
+    park = ToolPark(supervisor, timeout_s=settings.tool_result_timeout_s)
     app = BridgeApp(
         supervisor,
         conversations=conversations,
@@ -273,6 +276,7 @@ async def run_service(
             metrics=settings.metrics,
         ),
         metrics_public=settings.metrics_public,
+        park=park,
     )
     hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/408/431 answers
     config = HypercornConfig()
@@ -301,6 +305,7 @@ async def run_service(
         if reaping:
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(supervisor.run)
+        await nursery.start(park.run)
         health = supervisor.health()
         if supervisor.auth_problem is None:
             log.info("pool up: %d of %d children ready", health.children_ready, health.children)

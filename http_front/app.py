@@ -40,6 +40,7 @@ from .response import BodyLimits, ClientGone, Exchange, has_body
 from .responses import route as responses
 from .schema import Operation
 from .telemetry import VERSION, RequestRecord, Telemetry
+from .tool_park import ToolPark
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
@@ -83,6 +84,7 @@ class BridgeApp:
         access: AccessPolicy | None = None,
         telemetry: Telemetry | None = None,
         metrics_public: bool = False,
+        park: ToolPark | None = None,
     ) -> None:
         self.access = access or AccessPolicy()
         self.telemetry = telemetry or Telemetry(supervisor)
@@ -92,14 +94,14 @@ class BridgeApp:
             None, workspace_root=supervisor.workspace_dir or "."
         )
         chat = ChatCompletions(
-            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
+            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits(), park
         )
         model_routes = ModelRoutes(supervisor, (options or FrontOptions()).aliases)
         response_routes = responses.Responses(
-            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
+            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits(), park
         )
         ollama_routes = ollama.OllamaRoutes(
-            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits()
+            supervisor, conversations, options or FrontOptions(), body_limits or BodyLimits(), park
         )
         health_routes = HealthRoutes(supervisor)
         self.admin = AdminRoutes(supervisor, self.telemetry, token=admin_token)

@@ -7,11 +7,12 @@ from supervisor import Supervisor
 from .conversation.manager import Conversations
 from .options import FrontOptions
 from .response import BodyLimits
+from .tool_park import ToolPark
 
 
 class Door:
     """A front door's handlers share the supervisor, the conversations, the
-    rendering options and the request body limits."""
+    rendering options, the request body limits and the tool park."""
 
     def __init__(
         self,
@@ -19,8 +20,16 @@ class Door:
         conversations: Conversations,
         options: FrontOptions,
         limits: BodyLimits,
+        park: ToolPark | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.conversations = conversations
         self.options = options
         self.limits = limits
+        self.park = park
+
+    @property
+    def client_tools(self) -> ToolPark | None:
+        """Where turns wait on the client's function calls, if the client's
+        tools go to codex (``client_tools = "auto"``)."""
+        return self.park if self.options.client_tools else None

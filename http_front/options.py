@@ -30,3 +30,5 @@ class FrontOptions:
     images: ImageLimits = attrs.field(factory=ImageLimits)
     #: The operator's model aliases, by name.
     aliases: Mapping[str, Alias] = attrs.field(factory=dict)
+    #: The client's tools become codex dynamic tools (``client_tools = "auto"``).
+    client_tools: bool = True

@@ -81,8 +81,19 @@ class PlanCard:
     explanation: str | None = None
 
 
+@attrs.frozen(slots=True)
+class ClientCall:
+    """The model calls one of the client's functions: the answer ends with
+    the call(s), and the turn waits for the client's result."""
+
+    call_id: str
+    name: str
+    #: The arguments as JSON text.
+    arguments: str
+
+
 Card: TypeAlias = CommandCard | FileChangeCard | ToolCard | PlanCard
-Piece: TypeAlias = Text | Reasoning | Status | Card
+Piece: TypeAlias = Text | Reasoning | Status | Card | ClientCall
 
 
 @attrs.frozen

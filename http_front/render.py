@@ -17,9 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import orjson
 
 from bridge.protocol import (
     AgentMessageDelta,
+    ClientToolCall,
     ItemCompleted,
     ItemStarted,
     OtherEvent,
@@ -32,7 +34,17 @@ from supervisor import TurnEnded
 
 from .blocks import unwrap_command
 from .errors import turn_error
-from .pieces import CommandCard, FileChangeCard, Piece, PlanCard, Reasoning, Status, Text, ToolCard
+from .pieces import (
+    ClientCall,
+    CommandCard,
+    FileChangeCard,
+    Piece,
+    PlanCard,
+    Reasoning,
+    Status,
+    Text,
+    ToolCard,
+)
 
 
 def _text(value: Any) -> str:
@@ -116,6 +128,9 @@ class TurnRenderer:
         self._reasoning_items: set[str] = set()
         self._running: dict[str, _Running] = {}
         self._plan: tuple[tuple[str, str], ...] = ()
+        #: Client function calls codex has begun (their items started) but
+        #: not yet asked the client for: more calls of the same step coming.
+        self.calls_awaited = 0
 
     def feed(self, event: Any) -> list[Piece]:
         """The pieces ``event`` (a turn event or :class:`TurnEnded`) shows."""
@@ -166,8 +181,8 @@ class TurnRenderer:
             return [Status("Thinking…")]
         if kind == "mcpToolCall":
             return [Status(f"Calling {item.get('server')}/{item.get('tool')}")]
-        if kind == "dynamicToolCall":
-            return [Status(f"Calling {item.get('tool')}")]
+        if kind == "dynamicToolCall":  # the client's function: shown as a call
+            self.calls_awaited += 1
         if kind == "webSearch":
             return [Status(f"Searching the web: {_text(item.get('query'))}")]
         return []
@@ -228,10 +243,17 @@ class TurnRenderer:
         return self._card(ToolCard(name, item.get("arguments") or {}, outcome, summary, outcome))
 
     def _dynamic_tool(self, item: dict[str, Any]) -> list[Piece]:
-        name = _text(item.get("tool")) or "tool"
-        summary = f"{'Called' if item.get('success') is not False else 'Failed'} {name}"
-        arguments = item.get("arguments") or {}
-        return self._card(ToolCard(name, arguments, item.get("contentItems") or [], summary))
+        """The client ran it and has its result: no card (the client's
+        function calls are shown by the client itself)."""
+        self._agent.tool_ran()
+        return []
+
+    def _client_call(self, event: ClientToolCall) -> list[Piece]:
+        self._agent.tool_ran()
+        self.calls_awaited = max(0, self.calls_awaited - 1)
+        arguments = event.arguments
+        text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+        return [ClientCall(event.call_id, event.tool, text)]
 
     def _web_search(self, item: dict[str, Any]) -> list[Piece]:
         query = _text(item.get("query"))
@@ -318,6 +340,7 @@ _EVENT_HANDLERS: dict[type[Any], _Render] = {
     ItemStarted: TurnRenderer._item_started,
     ItemCompleted: TurnRenderer._item_completed,
     OtherEvent: TurnRenderer._other,
+    ClientToolCall: TurnRenderer._client_call,
     TurnEnded: TurnRenderer._ended,
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
@@ -51,8 +52,15 @@ class Attempt:
 Consume = Callable[[Turn], Awaitable[bool]]
 
 
+#: Opens a turn (the supervisor's ``open_turn``, or the tool park's).
+Opener = Callable[[TurnRequest], AbstractAsyncContextManager[Turn]]
+
+
 async def run_attempts(
-    supervisor: Supervisor, candidates: Sequence[TurnRequest], consume: Consume
+    supervisor: Supervisor,
+    candidates: Sequence[TurnRequest],
+    consume: Consume,
+    opener: Opener | None = None,
 ) -> Attempt:
     """Run the first candidate turn that can run, through ``consume``.
 
@@ -67,7 +75,7 @@ async def run_attempts(
         turn: Turn | None = None
         shown = False
         try:
-            async with supervisor.open_turn(candidates[index]) as turn:
+            async with (opener or supervisor.open_turn)(candidates[index]) as turn:
                 if record is not None:
                     record.ran(turn, retried=retried)
                     if record.keep_content:
@@ -98,6 +106,7 @@ def _refused(record: telemetry.RequestRecord | None, attempt: Attempt) -> Attemp
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # the turn completed
+    TOOL_CALLS = "tool_calls"  # the model called the client's functions; the turn waits
     LENGTH = "length"  # the model's output limit
     ERROR = "error"  # failed, interrupted, or could not run
 
@@ -111,9 +120,10 @@ class Ending:
     usage: Usage
 
 
-def ending(attempt: Attempt, *, stopped: bool = False) -> Ending:
+def ending(attempt: Attempt, *, stopped: bool = False, calls: bool = False) -> Ending:
     """How the answer ends. ``stopped``: the door ended the turn itself at a
-    stop sequence — a normal end, whatever leaving the turn did to it."""
+    stop sequence — a normal end, whatever leaving the turn did to it.
+    ``calls``: the model called the client's functions and the turn waits."""
     turn = attempt.turn
     usage = Usage.of(turn.usage if turn is not None else TokenCounts())
     if attempt.refusal is not None:
@@ -123,6 +133,8 @@ def ending(attempt: Attempt, *, stopped: bool = False) -> Ending:
     assert turn is not None
     if stopped:
         return Ending(FinishReason.STOP, None, usage)
+    if calls and turn.outcome is None:
+        return Ending(FinishReason.TOOL_CALLS, None, usage)
     assert turn.outcome is not None
     outcome = turn.outcome
     if outcome.hit_output_limit:
@@ -155,8 +167,9 @@ def answer_of(attempt: Attempt, content: str) -> Answer | None:
 
 
 #: Runs the plan's candidates and writes the answer; calls the callback with
-#: the answer before the answer's last bytes go out.
-Respond = Callable[[Plan, Callable[[Answer], None]], Awaitable[None]]
+#: the answer before the answer's last bytes go out. True: the turn lives on
+#: (parked on the client's function calls), and with it the plan's workspace.
+Respond = Callable[[Plan, Callable[[Answer], None]], Awaitable[bool | None]]
 
 
 async def converse(
@@ -174,9 +187,10 @@ async def converse(
     async with conversations.one_at_a_time(key):
         plan = await conversations.plan(kind, key, request)
         answers: list[Answer] = []
+        lives_on = False
         try:
             plan = await _prepared(plan, request)
-            await respond(plan, answers.append)
+            lives_on = bool(await respond(plan, answers.append))
         finally:
             # Shielded and bounded: the server reports a finished exchange as
             # a disconnect, which must not cut this short.
@@ -186,7 +200,8 @@ async def converse(
                     await conversations.remember(
                         plan, answer.candidate, answer.thread_id, answer.turn_id, answer.content
                     )
-                await conversations.finish(plan)
+                if not lives_on:  # else the turn's holder finishes it
+                    await conversations.finish(plan)
 
 
 async def _prepared(plan: Plan, request: Conversational) -> Plan:

@@ -223,6 +223,8 @@ class TurnMultiplexer:
         one-off thread (one no child owns) is unsubscribed there, shielded:
         no turn will use it again."""
         child.turns.discard(turn)
+        # A client's function call still waiting ends with the turn.
+        child.client.fail_tool_calls(turn.thread_id, "the turn ended before the client's result")
         child.client.peer.remove_route(turn.thread_id, turn.on_notification)
         if unsubscribe and self._threads.owner(turn.thread_id) is None:
             with trio.CancelScope(shield=True):
@@ -333,6 +335,7 @@ class TurnMultiplexer:
                         cwd=request.cwd or self.workspace_dir,
                         developer_instructions=request.developer_instructions,
                         ephemeral=request.ephemeral,
+                        dynamic_tools=[dict(tool) for tool in request.tools] or None,
                     ),
                     timeout_s=timeout,
                 ),
@@ -379,6 +382,7 @@ class TurnMultiplexer:
             ),
         )
         turn.on_failure = partial(self._turn_failed, child, turn)
+        turn.answer_tool_call = child.client.answer_tool_call
         # Route before turn/start: codex may emit events before answering.
         child.client.peer.add_route(thread_id, turn.on_notification)
         child.turns.add(turn)

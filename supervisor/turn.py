@@ -71,6 +71,9 @@ class TurnRequest:
     approval_policy: str | None = None
     #: Commands may only read, not write, the thread's directory.
     read_only: bool = False
+    #: The client's functions, as codex dynamic tools (``{type: "function",
+    #: name, description, inputSchema}``): given at ``thread/start`` only.
+    tools: tuple[dict[str, object], ...] = ()
 
 
 # Notifications that carry a threadId but mean nothing to a turn's consumer;
@@ -156,6 +159,10 @@ class _DeltaRun:
         return attrs.evolve(self.first, delta="".join(self.parts))
 
 
+def _no_tool_calls(call_id: str, text: str, *, success: bool = True) -> bool:
+    return False
+
+
 class Turn:
     """Events of one running turn, in order, ending with one TurnEnded.
 
@@ -228,6 +235,9 @@ class Turn:
         self.thread_total: TokenCounts | None = None
         #: Called once, when the bridge fails the turn (see :meth:`fail`).
         self.on_failure: Callable[[FailureKind], None] | None = None
+        #: Gives codex the client's result of a function call (call id, text,
+        #: success); False if no such call waits.
+        self.answer_tool_call: Callable[..., bool] = _no_tool_calls
         #: Commands of this turn still running (item id → command line):
         #: codex leaves them running when a turn is interrupted.
         self.running_commands: dict[str, str] = {}
@@ -245,6 +255,11 @@ class Turn:
         self.ended_at: float | None = None
 
     # -- producer side (reader task of the child) -------------------------------
+
+    def resumed(self) -> None:
+        """The client answered its function calls: the idle timer restarts
+        (codex said nothing while it waited for them)."""
+        self._last_activity = trio.current_time()
 
     def on_notification(self, notification: Notification) -> None:
         """Route sink for this turn's thread; never blocks."""

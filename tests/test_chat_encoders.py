@@ -24,7 +24,7 @@ from http_front.chat.present import ChatDelta, ChatOptions, ChatPresenter, Reaso
 from http_front.chat.stream import DONE, ChunkEncoder, openai_usage
 from http_front.chat.whole import WholeCompletion
 from http_front.errors import ApiError
-from http_front.pieces import Status, Usage
+from http_front.pieces import ClientCall, Status, Usage
 from http_front.render import TurnRenderer
 from supervisor import FailureKind, TurnEnded, TurnOutcome
 
@@ -445,3 +445,58 @@ def test_whole_body_with_reasoning() -> None:
 def test_an_empty_whole_completion() -> None:
     body = WholeCompletion().body(ID, CREATED, MODEL, "stop", USAGE)
     assert body["choices"][0]["message"] == {"role": "assistant", "content": ""}
+
+
+def test_client_calls_stream_as_tool_calls_and_whole_as_a_message() -> None:
+    calls = [ClientCall("call_a", "get_time", "{}"), ClientCall("call_b", "lookup", '{"q":1}')]
+    presenter = ChatPresenter()
+    deltas = [delta for call in calls for delta in presenter.present(call)]
+    assert presenter.calls == calls
+    encoder = ChunkEncoder("chatcmpl-1", 0, "m")
+    chunks = [orjson.loads(f[len(b"data: ") :]) for d in deltas for f in frames(encoder.delta(d))]
+    parts = [c["choices"][0]["delta"]["tool_calls"] for c in chunks]
+    assert parts == [
+        [
+            {
+                "index": 0,
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": ""},
+            }
+        ],
+        [{"index": 0, "function": {"arguments": "{}"}}],
+        [
+            {
+                "index": 1,
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": ""},
+            }
+        ],
+        [{"index": 1, "function": {"arguments": '{"q":1}'}}],
+    ]
+    assert (
+        orjson.loads(encoder.finish("tool_calls")[6:])["choices"][0]["finish_reason"]
+        == "tool_calls"
+    )
+    whole = WholeCompletion()
+    for delta in deltas:
+        whole.add(delta)
+    usage = Usage(1, 1, 2, 0, 0)
+    message = whole.body("chatcmpl-1", 0, "m", "tool_calls", usage)["choices"][0]["message"]
+    assert message == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": "{}"},
+            },
+            {
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q":1}'},
+            },
+        ],
+    }

@@ -157,6 +157,7 @@ _SAMPLE_TEXT = {
     "conversation_busy": "reject",
     "log_level": "debug",
     "log_format": "json",
+    "client_tools": "never",
 }
 
 

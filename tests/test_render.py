@@ -8,6 +8,7 @@ import pytest
 
 from bridge.protocol import (
     AgentMessageDelta,
+    ClientToolCall,
     ItemCompleted,
     ItemStarted,
     OtherEvent,
@@ -19,6 +20,7 @@ from bridge.protocol import (
     TurnStatus,
 )
 from http_front.pieces import (
+    ClientCall,
     CommandCard,
     FileChangeCard,
     Piece,
@@ -328,23 +330,23 @@ def test_mcp_tool_call_ok_and_failed() -> None:
     ]
 
 
-def test_dynamic_tool_call_ok_and_failed() -> None:
+def test_a_client_function_call_is_a_call_not_a_card() -> None:
+    """Dynamic tools are the client's functions: the client sees the call
+    (and shows it itself), never a card or a status line of the bridge's."""
     r = TurnRenderer()
-    assert r.feed(started({"id": "d1", "type": "dynamicToolCall", "tool": "lookup"})) == [
-        Status("Calling lookup")
+    assert r.feed(started({"id": "d1", "type": "dynamicToolCall", "tool": "lookup"})) == []
+    assert r.feed(started({"id": "d2", "type": "dynamicToolCall", "tool": "time"})) == []
+    assert r.calls_awaited == 2  # both calls of the step are coming
+    first = ClientToolCall("turn-1", "call_1", "lookup", {"id": 7})
+    assert r.feed(first) == [ClientCall("call_1", "lookup", '{"id":7}')]
+    assert r.calls_awaited == 1
+    assert r.feed(ClientToolCall("turn-1", "call_2", "time", "{}")) == [
+        ClientCall("call_2", "time", "{}")
     ]
+    assert r.calls_awaited == 0
     contents = [{"type": "inputText", "text": "found"}]
-    ok = {
-        "id": "d1",
-        "type": "dynamicToolCall",
-        "tool": "lookup",
-        "arguments": {"id": 7},
-        "contentItems": contents,
-        "success": True,
-    }
-    assert r.feed(completed(ok)) == [ToolCard("lookup", {"id": 7}, contents, "Called lookup")]
-    failed = {"id": "d2", "type": "dynamicToolCall", "success": False}
-    assert r.feed(completed(failed)) == [ToolCard("tool", {}, [], "Failed tool")]
+    done = {"id": "d1", "type": "dynamicToolCall", "tool": "lookup", "contentItems": contents}
+    assert r.feed(completed(done)) == []
 
 
 def test_web_search_and_opened_page() -> None:

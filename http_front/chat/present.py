@@ -18,7 +18,17 @@ from typing import Any
 import attrs
 
 from ..blocks import command_block, file_change_block, plan_block, tool_block
-from ..pieces import CommandCard, FileChangeCard, Piece, PlanCard, Reasoning, Status, Text, ToolCard
+from ..pieces import (
+    ClientCall,
+    CommandCard,
+    FileChangeCard,
+    Piece,
+    PlanCard,
+    Reasoning,
+    Status,
+    Text,
+    ToolCard,
+)
 
 
 class ReasoningFormat(enum.StrEnum):
@@ -45,6 +55,8 @@ class ChatDelta:
     content: str = ""
     reasoning: str = ""
     status: Status | None = None
+    #: The model calls a function of the client's.
+    call: ClientCall | None = None
 
 
 class ChatPresenter:
@@ -57,6 +69,8 @@ class ChatPresenter:
         self._content_parts: list[str] = []
         self._tail = ""  # last characters of content, for separators
         self._in_think = False
+        #: The client's function calls the answer ends with.
+        self.calls: list[ClientCall] = []
 
     def present(self, piece: Piece) -> list[ChatDelta]:
         if type(piece) is Text and piece.text and not piece.new_paragraph and not self._in_think:
@@ -138,7 +152,13 @@ class ChatPresenter:
         return self._card(plan_block(card.steps, card.explanation))
 
 
+def _call(presenter: ChatPresenter, call: ClientCall) -> list[ChatDelta]:
+    presenter.calls.append(call)
+    return [ChatDelta(call=call)]
+
+
 _PRESENTERS: dict[type[Any], Callable[[ChatPresenter, Any], list[ChatDelta]]] = {
+    ClientCall: _call,
     Text: ChatPresenter._text,
     Reasoning: ChatPresenter._reasoning,
     Status: ChatPresenter._status,

@@ -132,6 +132,18 @@ _RESPONSE_FORMAT: JsonSchema = {
 }
 
 #: The chat-completions request body.
+#: A client function: codex offers it to the model as a dynamic tool.
+_FUNCTION = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "description": {"type": ["string", "null"]},
+        "parameters": {"type": ["object", "null"]},
+    },
+}
+
+
 CHAT_BODY = BodySchema(
     "ChatCompletionRequest",
     {
@@ -184,7 +196,13 @@ CHAT_BODY = BodySchema(
             },
             "tools": {
                 "type": ["array", "null"],
-                "items": {"type": "object"},
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "function": _FUNCTION,
+                    },
+                },
                 "description": "Accepted and ignored while tool_choice leaves the choice to the "
                 "model (absent, auto, none): codex answers without calling client functions. "
                 "Refused (400) with tool_choice required or a named function: "
@@ -202,7 +220,7 @@ CHAT_BODY = BodySchema(
             },
             "functions": {
                 "type": ["array", "null"],
-                "items": {"type": "object"},
+                "items": _FUNCTION,
                 "description": "Deprecated form of tools; treated the same way.",
             },
             "function_call": {
@@ -267,6 +285,9 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     #: The answer must be one JSON object (``response_format: json_object``).
     json_mode: bool = False
+    #: The client's results of the model's function calls (call id → text):
+    #: the messages end with them, and they resume the turn that waits.
+    tool_results: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def images(self) -> tuple[Image, ...]:
@@ -338,6 +359,74 @@ def _history_item(message: _Message) -> dict[str, object]:
         parts.append({"type": "input_text", "text": message.text})
     parts += [input_image(image) for image in message.images]
     return {"type": "message", "role": "user", "content": parts}
+
+
+def _dynamic_tools(data: dict[str, Any]) -> tuple[dict[str, object], ...]:
+    """The client's functions as codex dynamic tools (none with tool_choice "none")."""
+    if data.get("tool_choice") == "none" or data.get("function_call") == "none":
+        return ()
+    specs: list[dict[str, object]] = []
+    for tool in data.get("tools") or ():
+        function = tool.get("function") if tool.get("type", "function") == "function" else None
+        if isinstance(function, dict):
+            specs.append(_dynamic_tool(function))
+    for function in data.get("functions") or ():
+        specs.append(_dynamic_tool(function))
+    return tuple(specs)
+
+
+def _dynamic_tool(function: dict[str, Any]) -> dict[str, object]:
+    parameters = function.get("parameters")
+    return {
+        "type": "function",
+        "name": function["name"],
+        "description": function.get("description") or "",
+        "inputSchema": parameters
+        if isinstance(parameters, dict)
+        else {"type": "object", "properties": {}},
+    }
+
+
+def _tools_signature(tools: tuple[dict[str, object], ...]) -> str:
+    """What identifies a tool set: a thread keeps the tools it started with."""
+    return orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _calls_text(calls: Any) -> str:
+    """An assistant message's function calls, as the model's history shows them."""
+    if not isinstance(calls, list):
+        return ""
+    parts = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            parts.append(f"\n[called {function.get('name')} {function.get('arguments') or ''}]")
+    return "".join(parts)
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> dict[str, str]:
+    """The results the messages end with (``tool`` messages after the
+    assistant message that called them), by call id."""
+    results: dict[str, str] = {}
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") != "tool":
+            break
+        call = message.get("tool_call_id")
+        if not isinstance(call, str) or not call:
+            raise bad_request(
+                f"messages[{index}].tool_call_id is required on a tool message",
+                param=f"messages[{index}].tool_call_id",
+            )
+        content = message.get("content")
+        results[call] = content if isinstance(content, str) else _parts_text(content)
+    return results
+
+
+def _parts_text(content: Any) -> str:
+    if not isinstance(content, list):
+        return ""
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def _check_refused(data: dict[str, Any]) -> None:
@@ -414,6 +503,7 @@ def parse_chat_request(
     default_effort: str | None = None,
     summary: str | None = "auto",
     images: ImageLimits | None = None,
+    client_tools: bool = False,
 ) -> ChatRequest:
     """Validate a chat-completions body and build the codex turn for it.
 
@@ -447,7 +537,8 @@ def parse_chat_request(
         elif role == "assistant":
             # Our own tool cards and <think> sections come back verbatim
             # from chat frontends; the model must not read them as text.
-            conversation.append(_Message(role, strip_bridge_markup(message.text)))
+            text = strip_bridge_markup(message.text) + _calls_text(raw.get("tool_calls"))
+            conversation.append(_Message(role, text.strip()))
         else:
             conversation.append(message)
 
@@ -469,17 +560,26 @@ def parse_chat_request(
         summary=summary,
     )
     turn, json_mode = _with_format(turn, data.get("response_format"))
+    tools = _dynamic_tools(data) if client_tools else ()
+    results = _tool_results(messages) if client_tools else {}
+    signed_tools = (("tools", _tools_signature(tools)),) if tools else ()
     stream = bool(data.get("stream"))
     return ChatRequest(
         model=model,
         stream=stream,
         include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
         messages=(
+            *signed_tools,
             *(("system", text) for text in instructions),
             *((m.role, m.text) for m in conversation),
         ),
-        message_images=(*(() for _ in instructions), *(tuple(m.images) for m in conversation)),
+        message_images=(
+            *(() for _ in signed_tools),
+            *(() for _ in instructions),
+            *(tuple(m.images) for m in conversation),
+        ),
+        tool_results=results,
         stop=_stops(data.get("stop")),
         json_mode=json_mode,
-        turn=turn,
+        turn=attrs.evolve(turn, tools=tools),
     )

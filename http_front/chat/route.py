@@ -13,13 +13,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 
 import attrs
+import trio
 
-from supervisor import Supervisor, Turn, TurnEnded
+from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
 
 from .. import telemetry
-from ..conversation.manager import Plan
+from ..conversation.manager import Conversations, Plan
 from ..door import Door
 from ..errors import ApiError
 from ..models import model_turn
@@ -28,7 +31,8 @@ from ..render import TurnRenderer
 from ..response import SSE_KEEPALIVE, EventStream, Exchange, open_event_stream
 from ..schema import Operation
 from ..stop import StopFilter
-from ..turns import Answer, answer_of, converse, ending, run_attempts
+from ..tool_park import ToolPark
+from ..turns import Answer, Attempt, Consume, answer_of, converse, ending, run_attempts
 from .present import ChatOptions, ChatPresenter
 from .request import CHAT_BODY, ChatRequest, parse_body, parse_chat_request
 from .stream import DONE, ChunkEncoder
@@ -62,6 +66,7 @@ class ChatCompletions(Door):
             default_effort=self.options.default_reasoning_effort,
             summary=self.options.reasoning_summary,
             images=self.options.images,
+            client_tools=self.client_tools is not None,
         )
         turn = await model_turn(self.supervisor, self.options.aliases, chat.model, chat.turn)
         chat = attrs.evolve(chat, turn=turn)
@@ -76,6 +81,8 @@ class ChatCompletions(Door):
             chat,
             self._chat_options(exchange, stream=chat.stream),
             self.options.keepalive_interval_s,
+            self.client_tools if chat.turn.tools or chat.tool_results else None,
+            self.conversations,
         )
         # A client that goes away cancels everything below — also while it
         # waits for its conversation's previous turn — and the turn is then
@@ -83,9 +90,39 @@ class ChatCompletions(Door):
         async with exchange.cancelled_on_disconnect():
             respond = answer.stream if chat.stream else answer.whole
             try:
-                await converse(self.conversations, kind, key, chat, respond)
+                if chat.tool_results and answer.park is not None:
+                    await self._resume(answer, key)
+                else:
+                    await converse(self.conversations, kind, key, chat, respond)
             except ApiError as exc:  # raised before any response was started
                 await exchange.answer_error(exc)
+
+    async def _resume(self, answer: _Answer, key: str | None) -> None:
+        """The request brings the results of the model's calls: the turn
+        waiting on them goes on, and its rest is this request's answer."""
+        assert answer.park is not None
+        chat = answer.chat
+        async with (
+            self.conversations.one_at_a_time(key),
+            answer.park.resume(chat.tool_results) as held,
+        ):
+            first, index = held.context
+            # Remembered as this request's history (its calls and
+            # results included) once the turn completes.
+            plan = attrs.evolve(
+                first,
+                candidates=(first.candidates[index],),
+                signatures=self.conversations.signatures(chat),
+            )
+            answers: list[Answer] = []
+            respond = answer.stream if chat.stream else answer.whole
+            await respond(plan, answers.append, held.turn)
+            if answers:
+                done = answers[0]
+                with trio.move_on_after(10, shield=True):
+                    await self.conversations.remember(
+                        plan, 0, done.thread_id, done.turn_id, done.content
+                    )
 
 
 @attrs.define
@@ -97,21 +134,55 @@ class _Answer:
     chat: ChatRequest
     options: ChatOptions
     keepalive_s: float
+    #: Where the turn waits on the client's function calls (None: no tools).
+    park: ToolPark | None = None
+    conversations: Conversations | None = None
     completion_id: str = attrs.Factory(lambda: "chatcmpl-" + uuid.uuid4().hex)
+
+    async def _run(self, plan: Plan, consume: Consume, resumed: Turn | None) -> Attempt:
+        """Run the plan's turn through ``consume`` (or go on with a resumed
+        one); a turn that may call the client's functions is opened in the
+        park, where it can outlive this request."""
+        if resumed is not None:
+            await consume(resumed)
+            return Attempt(resumed, 0)
+        park = self.park
+        if park is None:
+            return await run_attempts(self.supervisor, plan.requests, consume)
+        requests = plan.requests
+
+        def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
+            return park.open_turn(request, (plan, requests.index(request)))
+
+        return await run_attempts(self.supervisor, requests, consume, opener)
+
+    def _wait_for_calls(self, plan: Plan, turn: Turn, presenter: ChatPresenter) -> bool:
+        """Whether the answer ends with the client's function calls: then
+        the turn waits for their results, parked."""
+        if not presenter.calls or turn.outcome is not None or self.park is None:
+            return False
+        conversations = self.conversations
+        cleanup = None if conversations is None else partial(conversations.finish, plan)
+        self.park.wait_for(turn, [call.call_id for call in presenter.calls], cleanup)
+        return True
 
     def _model(self, turn: Turn | None) -> str:
         return self.chat.model or (turn.model if turn is not None else "")
 
-    async def stream(self, plan: Plan, remember: Callable[[Answer], None]) -> None:
+    async def stream(
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Turn | None = None
+    ) -> bool:
         """Stream the turn; ``remember`` hears the answer before the last
-        bytes go out (the server reports a finished response as a disconnect)."""
+        bytes go out (the server reports a finished response as a disconnect).
+        True if the turn lives on, waiting on the client's function calls."""
         encoder: ChunkEncoder | None = None
         presenter = ChatPresenter(self.options)
         stop = self._stop()
+        calls = False
         async with open_event_stream(self.exchange, keepalive_s=self.keepalive_s) as out:
 
             async def consume(turn: Turn) -> bool:
-                nonlocal encoder, presenter, stop
+                nonlocal encoder, presenter, stop, calls
                 # A new attempt starts from nothing.
                 presenter, stop = ChatPresenter(self.options), self._stop()
                 if encoder is None:
@@ -120,14 +191,15 @@ class _Answer:
                     # client at once, whatever buffers sit between.
                     await out.start(SSE_KEEPALIVE + encoder.role())
                 await _pump(turn, TurnRenderer(), presenter, encoder, out, stop)
+                calls = self._wait_for_calls(plan, turn, presenter)
                 return presenter.shown > 0
 
-            attempt = await run_attempts(self.supervisor, plan.requests, consume)
-            end = ending(attempt, stopped=stop is not None and stop.stopped)
+            attempt = await self._run(plan, consume, resumed)
+            end = ending(attempt, stopped=stop is not None and stop.stopped, calls=calls)
             if encoder is None:  # refused before anything was sent
                 assert end.error is not None
                 await self.exchange.answer_error(end.error)
-                return
+                return False
             tail: list[bytes] = []
             if end.error is not None:
                 tail.append(encoder.error(end.error))
@@ -139,16 +211,20 @@ class _Answer:
             if answer is not None:
                 remember(answer)
             await out.finish(b"".join(tail))
+        return calls
 
     def _stop(self) -> StopFilter | None:
         return StopFilter(self.chat.stop) if self.chat.stop else None
 
-    async def whole(self, plan: Plan, remember: Callable[[Answer], None]) -> None:
+    async def whole(
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Turn | None = None
+    ) -> bool:
         completion = WholeCompletion()
         stop = self._stop()
+        calls = False
 
         async def consume(turn: Turn) -> bool:
-            nonlocal completion, stop
+            nonlocal completion, stop, calls
             # A new attempt starts from nothing.
             completion, stop = WholeCompletion(), self._stop()
             presenter = ChatPresenter(self.options)
@@ -159,17 +235,20 @@ class _Answer:
                         completion.add(delta)
                 if stop is not None and stop.stopped:
                     break  # leaving the turn interrupts it
+                if presenter.calls and not renderer.calls_awaited:
+                    break  # every call of this step is in: the turn waits
             else:
                 for piece in stop.end() if stop is not None else ():
                     for delta in presenter.present(piece):
                         completion.add(delta)
+            calls = self._wait_for_calls(plan, turn, presenter)
             return presenter.shown > 0
 
-        attempt = await run_attempts(self.supervisor, plan.requests, consume)
-        end = ending(attempt, stopped=stop is not None and stop.stopped)
+        attempt = await self._run(plan, consume, resumed)
+        end = ending(attempt, stopped=stop is not None and stop.stopped, calls=calls)
         if end.error is not None:
             await self.exchange.answer_error(end.error)
-            return
+            return False
         answer = answer_of(attempt, completion.content)
         if answer is not None:  # (a turn ended at a stop sequence is not kept)
             remember(answer)
@@ -181,6 +260,7 @@ class _Answer:
             end.usage,
         )
         await self.exchange.answer_json(200, body)
+        return calls
 
 
 async def _pump(
@@ -211,6 +291,8 @@ async def _pump(
             await out.send(b"".join(frames))
         if ended or (stop is not None and stop.stopped):
             return  # (leaving a turn at a stop sequence interrupts it)
+        if presenter.calls and not renderer.calls_awaited:
+            return  # every call of this step is in: the turn waits for results
 
 
 def _stopped(pieces: list[Piece], stop: StopFilter | None) -> list[Piece]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import ApiError
-from ..pieces import Usage
+from ..pieces import ClientCall, Usage
 from .present import ChatDelta
 
 DONE = b"data: [DONE]\n\n"
@@ -50,6 +50,7 @@ class ChunkEncoder:
         self._content_key = b'"content":'
         self._reasoning_key = b'"reasoning_content":'
         self._tail = b'},"finish_reason":null}]}\n\n'
+        self._calls = 0  # tool calls so far: each one's index
 
     def _chunk(self, extra: dict[str, Any]) -> bytes:
         body = {
@@ -65,6 +66,8 @@ class ChunkEncoder:
         return self._head + b'"role":"assistant","content":""' + self._tail
 
     def delta(self, piece: ChatDelta) -> bytes:
+        if piece.call is not None:
+            return self._call(piece.call)
         if piece.content and not piece.reasoning:
             return self._head + self._content_key + orjson.dumps(piece.content) + self._tail
         if piece.status is not None:
@@ -80,6 +83,22 @@ class ChunkEncoder:
         if piece.content:
             delta["content"] = piece.content
         return self._head + orjson.dumps(delta)[1:-1] + self._tail
+
+    def _call(self, call: ClientCall) -> bytes:
+        """A call of the client's function: its id and name, then its arguments."""
+        index = self._calls
+        self._calls += 1
+        opening = {
+            "index": index,
+            "id": call.call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        arguments = {"index": index, "function": {"arguments": call.arguments}}
+        return b"".join(
+            self._head + orjson.dumps({"tool_calls": [part]})[1:-1] + self._tail
+            for part in (opening, arguments)
+        )
 
     def finish(self, finish_reason: str) -> bytes:
         return self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})

@@ -20,8 +20,18 @@ class WholeCompletion:
     def __init__(self) -> None:
         self._content: list[str] = []
         self._reasoning: list[str] = []
+        self._calls: list[dict[str, Any]] = []
 
     def add(self, delta: ChatDelta) -> None:
+        if delta.call is not None:
+            call = delta.call
+            self._calls.append(
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+            )
         if delta.content:
             self._content.append(delta.content)
         if delta.reasoning:
@@ -39,6 +49,9 @@ class WholeCompletion:
         self, completion_id: str, created: int, model: str, finish_reason: str, usage: Usage
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self._calls:
+            message["content"] = self.content or None
+            message["tool_calls"] = self._calls
         if self._reasoning:
             message["reasoning_content"] = self.reasoning
         return {

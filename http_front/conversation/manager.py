@@ -149,6 +149,15 @@ class Conversations:
                 )
             yield
 
+    @staticmethod
+    def signatures(chat: Conversational) -> tuple[str, ...]:
+        """The request's messages as a conversation's history is signed."""
+        images = chat.message_images
+        return tuple(
+            signature(role, text, images[i] if i < len(images) else ())
+            for i, (role, text) in enumerate(chat.messages)
+        )
+
     async def plan(self, kind: RequestKind, key: str | None, chat: Conversational) -> Plan:
         turn = chat.turn
         if kind is RequestKind.TASK or kind is RequestKind.STATELESS or key is None:
@@ -167,11 +176,7 @@ class Conversations:
         cwd = self.workspace_root / "conversations" / workspace_name(key)
         await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
         messages = chat.messages
-        images = chat.message_images
-        signatures = tuple(
-            signature(role, text, images[i] if i < len(images) else ())
-            for i, (role, text) in enumerate(messages)
-        )
+        signatures = self.signatures(chat)
         fresh = Candidate(
             attrs.evolve(turn, ephemeral=False, cwd=str(cwd)), before=len(messages) - 1
         )

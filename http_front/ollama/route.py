@@ -41,6 +41,7 @@ from ..pieces import Usage
 from ..render import TurnRenderer
 from ..response import BodyLimits, EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
+from ..tool_park import ToolPark
 from ..turns import Answer, Attempt, Ending, FinishReason, answer_of, converse, ending, run_attempts
 from .encode import (
     NDJSON_HEADERS,
@@ -131,8 +132,9 @@ class OllamaRoutes(Door):
         conversations: Conversations,
         options: FrontOptions,
         limits: BodyLimits,
+        park: ToolPark | None = None,
     ) -> None:
-        super().__init__(supervisor, conversations, options, limits)
+        super().__init__(supervisor, conversations, options, limits, park)
         self.started_at = timestamp()
 
     @property

@@ -39,6 +39,7 @@ from ..options import FrontOptions
 from ..render import TurnRenderer
 from ..response import SSE_KEEPALIVE, BodyLimits, EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
+from ..tool_park import ToolPark
 from ..turns import Attempt, ending, run_attempts
 from .encode import EventEncoder, ResponseHead, ResponsePresenter, new_id
 from .request import BODY, ResponsesRequest, parse_responses_request
@@ -79,8 +80,9 @@ class Responses(Door):
         conversations: Conversations,
         options: FrontOptions,
         limits: BodyLimits,
+        park: ToolPark | None = None,
     ) -> None:
-        super().__init__(supervisor, conversations, options, limits)
+        super().__init__(supervisor, conversations, options, limits, park)
         self._memory: MemoryStore | None = None
 
     @property
