@@ -50,6 +50,8 @@ class Held:
     #: The API key (its name) of the request that started the turn: only
     #: requests with the same key may resume it.
     owner: str | None = None
+    #: A request is consuming it inside :meth:`ToolPark.leaving`.
+    entered: bool = False
 
 
 class ToolPark:
@@ -92,19 +94,22 @@ class ToolPark:
     async def leaving(self, held: Held) -> AsyncIterator[None]:
         """Park the turn on leaving if the request said it waits on calls;
         release it otherwise (an error or a client gone included)."""
-        park = False
+        held.entered = True
+        ok = False
         try:
             yield
-            calls = self._waiting.pop(held.turn, ())
-            park = bool(calls) and held.turn.outcome is None
+            ok = True
         finally:
-            self._waiting.pop(held.turn, None)
-            cleanup = self._cleanups.pop(held.turn, None)
-            if park:
-                held.cleanup = held.cleanup or cleanup
-                self._park(held, calls)
-            else:
-                held.released.set()
+            self._leave(held, ok=ok)
+
+    def _leave(self, held: Held, *, ok: bool) -> None:
+        calls = self._waiting.pop(held.turn, ())
+        # Whether parked or let go, the turn's holder cleans up after it.
+        held.cleanup = held.cleanup or self._cleanups.pop(held.turn, None)
+        if ok and calls and held.turn.outcome is None:
+            self._park(held, calls)
+        else:
+            held.released.set()
 
     def wait_for(
         self,
@@ -164,7 +169,7 @@ class ToolPark:
             )
         held.released.set()
 
-    def take(self, calls: Collection[str]) -> Held:
+    def take(self, calls: Collection[str], param: str = "messages") -> Held:
         """The parked turn waiting on exactly these calls, now the caller's.
 
         An unknown call id, calls of different turns, or only some of a
@@ -181,7 +186,7 @@ class ToolPark:
             raise bad_request(
                 f"no pending function call has the id(s) {', '.join(unknown)}: the call ended "
                 "(its turn finished or waited too long for the result), or never existed",
-                param="messages",
+                param=param,
                 code="unknown_tool_call",
             )
         helds = {id(held): held for held in found.values() if held is not None}
@@ -189,7 +194,7 @@ class ToolPark:
             raise bad_request(
                 "these function results answer calls of different turns; answer one turn's "
                 "calls per request",
-                param="messages",
+                param=param,
                 code="tool_call_mismatch",
             )
         (held,) = helds.values()
@@ -199,7 +204,7 @@ class ToolPark:
                 400,
                 f"the model called {len(held.calls)} functions; the results of "
                 f"{', '.join(missing)} are missing. Send every call's result in one request.",
-                param="messages",
+                param=param,
                 code="tool_results_missing",
             )
         for call in held.calls:
@@ -208,17 +213,27 @@ class ToolPark:
         return held
 
     @contextlib.asynccontextmanager
-    async def resume(self, results: dict[str, str]) -> AsyncIterator[Held]:
-        """Take the turn waiting on these results, give them to codex, and
-        hold it while the caller streams the rest of it (parked again on
-        leaving if it waits on new calls)."""
-        held = self.take(results.keys())
-        async with self.leaving(held):
+    async def resume(self, results: dict[str, str], param: str = "messages") -> AsyncIterator[Held]:
+        """Take the turn waiting on these results and give them to codex.
+
+        The caller consumes the rest of the turn inside :meth:`leaving`
+        (so that it is parked again, if it calls again, as soon as it stops
+        — before the answer is written, which a fast client may beat);
+        otherwise leaving this context does the same.
+        """
+        held = self.take(results.keys(), param)
+        held.entered = False
+        ok = False
+        try:
             for call in held.calls:
                 held.turn.answer_tool_call(call, results[call], success=True)
             held.calls = ()
             held.turn.resumed()
             yield held
+            ok = True
+        finally:
+            if not held.entered:
+                self._leave(held, ok=ok)
 
 
 def _key_name() -> str | None:

@@ -104,6 +104,19 @@ def _refused(record: telemetry.RequestRecord | None, attempt: Attempt) -> Attemp
     return attempt
 
 
+#: After the last of a step's function calls, how long nothing else must
+#: come before the step counts as complete (codex asks for each call on its
+#: own; the model's calls of one response arrive within milliseconds).
+CALL_GRACE_S = 0.1
+
+
+async def calls_complete(turn: Turn, waiting: bool) -> bool:
+    """Whether the answer ends here with the client's calls: ``waiting``
+    (some were made and none more is known to be coming) and codex says
+    nothing more for :data:`CALL_GRACE_S`."""
+    return waiting and await turn.quiet_for(CALL_GRACE_S)
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # the turn completed
     TOOL_CALLS = "tool_calls"  # the model called the client's functions; the turn waits

@@ -480,6 +480,17 @@ class Turn:
         assert self.outcome is not None
         return TurnEnded(self.outcome)
 
+    async def quiet_for(self, seconds: float) -> bool:
+        """Whether codex says nothing more for ``seconds`` (True), or something
+        came (False; it is then next). For a step's function calls: each
+        arrives on its own, so the last one is known only by the quiet after."""
+        with trio.move_on_after(seconds):
+            while not self._queue and self.outcome is None:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            return False
+        return True
+
     def __aiter__(self) -> Turn:
         return self
 

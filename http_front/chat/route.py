@@ -31,8 +31,17 @@ from ..render import TurnRenderer
 from ..response import SSE_KEEPALIVE, EventStream, Exchange, open_event_stream
 from ..schema import Operation
 from ..stop import StopFilter
-from ..tool_park import ToolPark
-from ..turns import Answer, Attempt, Consume, answer_of, converse, ending, run_attempts
+from ..tool_park import Held, ToolPark
+from ..turns import (
+    Answer,
+    Attempt,
+    Consume,
+    answer_of,
+    calls_complete,
+    converse,
+    ending,
+    run_attempts,
+)
 from .present import ChatOptions, ChatPresenter
 from .request import CHAT_BODY, ChatRequest, parse_body, parse_chat_request
 from .stream import DONE, ChunkEncoder
@@ -116,7 +125,7 @@ class ChatCompletions(Door):
             )
             answers: list[Answer] = []
             respond = answer.stream if chat.stream else answer.whole
-            await respond(plan, answers.append, held.turn)
+            await respond(plan, answers.append, held)
             if answers:
                 done = answers[0]
                 with trio.move_on_after(10, shield=True):
@@ -139,14 +148,16 @@ class _Answer:
     conversations: Conversations | None = None
     completion_id: str = attrs.Factory(lambda: "chatcmpl-" + uuid.uuid4().hex)
 
-    async def _run(self, plan: Plan, consume: Consume, resumed: Turn | None) -> Attempt:
+    async def _run(self, plan: Plan, consume: Consume, resumed: Held | None) -> Attempt:
         """Run the plan's turn through ``consume`` (or go on with a resumed
         one); a turn that may call the client's functions is opened in the
         park, where it can outlive this request."""
-        if resumed is not None:
-            await consume(resumed)
-            return Attempt(resumed, 0)
         park = self.park
+        if resumed is not None:
+            assert park is not None
+            async with park.leaving(resumed):  # parked again before the answer is written
+                await consume(resumed.turn)
+            return Attempt(resumed.turn, 0)
         if park is None:
             return await run_attempts(self.supervisor, plan.requests, consume)
         requests = plan.requests
@@ -170,7 +181,7 @@ class _Answer:
         return self.chat.model or (turn.model if turn is not None else "")
 
     async def stream(
-        self, plan: Plan, remember: Callable[[Answer], None], resumed: Turn | None = None
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Held | None = None
     ) -> bool:
         """Stream the turn; ``remember`` hears the answer before the last
         bytes go out (the server reports a finished response as a disconnect).
@@ -217,7 +228,7 @@ class _Answer:
         return StopFilter(self.chat.stop) if self.chat.stop else None
 
     async def whole(
-        self, plan: Plan, remember: Callable[[Answer], None], resumed: Turn | None = None
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Held | None = None
     ) -> bool:
         completion = WholeCompletion()
         stop = self._stop()
@@ -235,7 +246,7 @@ class _Answer:
                         completion.add(delta)
                 if stop is not None and stop.stopped:
                     break  # leaving the turn interrupts it
-                if presenter.calls and not renderer.calls_awaited:
+                if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
                     break  # every call of this step is in: the turn waits
             else:
                 for piece in stop.end() if stop is not None else ():
@@ -291,7 +302,7 @@ async def _pump(
             await out.send(b"".join(frames))
         if ended or (stop is not None and stop.stopped):
             return  # (leaving a turn at a stop sequence interrupts it)
-        if presenter.calls and not renderer.calls_awaited:
+        if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
             return  # every call of this step is in: the turn waits for results
 
 
