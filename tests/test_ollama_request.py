@@ -191,7 +191,7 @@ def test_generate_refusals() -> None:
     assert generate(prompt="x", suffix="", context=[]).turn.text == "x"
 
 
-def test_client_tools_are_accepted_and_ignored() -> None:
+def test_client_tools_are_ignored_when_client_tools_is_off() -> None:
     request = chat(
         messages=[{"role": "user", "content": "hi"}],
         tools=[{"type": "function", "function": {"name": "get_time", "parameters": {}}}],

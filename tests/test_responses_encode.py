@@ -15,6 +15,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from bridge.protocol import TokenCounts
 from http_front.errors import ApiError
 from http_front.pieces import (
+    ClientCall,
     CommandCard,
     FileChangeCard,
     Piece,
@@ -105,7 +106,7 @@ def sdk_final(events: list[dict[str, Any]]) -> Any:
 def unparsed(value: Any) -> Any:
     """``value`` without the SDK's own ``parsed`` fields."""
     if isinstance(value, dict):
-        return {k: unparsed(v) for k, v in value.items() if k != "parsed"}
+        return {k: unparsed(v) for k, v in value.items() if k not in ("parsed", "parsed_arguments")}
     if isinstance(value, list):
         return [unparsed(v) for v in value]
     return value
@@ -259,3 +260,53 @@ def test_nothing_shown_is_an_empty_completed_response(pieces: list[Piece]) -> No
     ]
     assert presenter.final["output"] == []
     assert presenter.shown == 0
+
+
+def test_client_function_calls_end_a_completed_response() -> None:
+    calls: list[Piece] = [
+        Text("Let me check.", new_paragraph=True),
+        ClientCall("call_a", "get_weather", '{"city":"Paris"}'),
+        ClientCall("call_b", "get_current_timestamp", ""),
+    ]
+    events, presenter = run(calls, Ending(FinishReason.TOOL_CALLS, None, USAGE))
+    assert presenter.calls == ["call_a", "call_b"]
+    kinds = [e["type"] for e in events]
+    assert kinds[-8:] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.output_item.added",  # no arguments: no delta
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    first_added = events[kinds.index("response.output_item.added", 3)]
+    assert first_added["item"]["arguments"] == ""
+    assert first_added["item"]["status"] == "in_progress"
+    final = presenter.final
+    assert final["status"] == "completed"
+    message, call_a, call_b = final["output"]
+    assert message["status"] == "completed"
+    assert {k: call_a[k] for k in ("type", "call_id", "name", "arguments", "status")} == {
+        "type": "function_call",
+        "call_id": "call_a",
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+        "status": "completed",
+    }
+    assert call_a["id"].startswith("fc_")
+    assert call_a["id"] != call_b["id"]
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [(e["item_id"], e["output_index"], e["name"]) for e in done] == [
+        (call_a["id"], 1, "get_weather"),
+        (call_b["id"], 2, "get_current_timestamp"),
+    ]
+    # the SDK assembles the same calls from the stream as the whole response has
+    assembled = sdk_final(events)
+    whole = Response.model_validate(final)
+    assert [unparsed(i.to_dict()) for i in assembled.output] == [i.to_dict() for i in whole.output]
+    assert [(c.call_id, c.name, c.arguments) for c in whole.output[1:]] == [  # type: ignore[union-attr]
+        ("call_a", "get_weather", '{"city":"Paris"}'),
+        ("call_b", "get_current_timestamp", ""),
+    ]

@@ -193,12 +193,11 @@ async def test_store_false_keeps_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": "x", "tools": [{"type": "function", "name": "f"}]}, "tools"),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
+        ({"input": "x", "tool_choice": "required"}, "tool_choice"),
         ({"input": "x", "background": True}, "background"),
-        (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "o"}]},
-            "input[0].type",
-        ),
+        # a result of a call no turn waits on
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "o"}]}, "input"),
         ({"input": "x", "stream": "yes"}, "stream"),
         ({}, "input"),
     ],

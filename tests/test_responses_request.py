@@ -183,7 +183,6 @@ def test_ignored_fields_are_accepted(field: str) -> None:
         "top_logprobs": 2,
         "max_output_tokens": 100,
         "max_tool_calls": 3,
-        "tool_choice": "auto",
         "parallel_tool_calls": False,
         "truncation": "auto",
         "include": ["reasoning.encrypted_content"],
@@ -196,15 +195,47 @@ def test_ignored_fields_are_accepted(field: str) -> None:
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"tools": [{"type": "function", "name": "f"}]}, "tools", "not supported yet"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type", "only function tools"),
+        ({"tools": [{"type": "function"}]}, "tools[0].name", "Missing required"),
+        ({"tools": [{"name": "f"}]}, "tools[0].type", "required"),
+        ({"tool_choice": "required"}, "tool_choice", "cannot make the model call"),
+        (
+            {"tool_choice": {"type": "function", "name": "f"}},
+            "tool_choice",
+            "cannot make the model call",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice", None),
         ({"background": True}, "background", "not supported"),
         ({"prompt": {"id": "p"}}, "prompt", "not supported"),
         ({"conversation": "conv_1"}, "conversation", "previous_response_id"),
         ({"bogus": 1}, "bogus", "Unknown parameter"),
         (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "o"}]},
-            "input[0].type",
-            "not supported yet",
+            {"input": [{"type": "function_call_output", "output": "o"}]},
+            "input[0].call_id",
+            "Missing required",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c"}]},
+            "input[0].output",
+            "Missing required",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_image", "image_url": PNG_URL}],
+                    }
+                ]
+            },
+            "input[0].output[0].type",
+            "send text",
+        ),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f"}]},
+            "input[0].arguments",
+            "Missing required",
         ),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "not supported"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", "one of"),
@@ -251,3 +282,115 @@ def test_over_long_input_is_refused() -> None:
 
     error = refused("input", input="x" * (MAX_TURN_INPUT_CHARS + 1))
     assert error.code == "string_above_max_length"
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "strict": True,
+}
+
+
+def with_tools(**body: Any) -> Any:
+    body.setdefault("input", "hello")
+    return parse_responses_request(body, LIMITS, client_tools=True)
+
+
+def test_function_tools_become_codex_dynamic_tools() -> None:
+    bare = {"type": "function", "name": "now"}
+    request = with_tools(tools=[WEATHER, bare])
+    assert request.turn.tools == (
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "The weather.",
+            "inputSchema": WEATHER["parameters"],
+        },
+        {
+            "type": "function",
+            "name": "now",
+            "description": "",
+            "inputSchema": {"type": "object", "properties": {}},
+        },
+    )
+    assert request.echo["tools"][0] == WEATHER
+    assert request.echo["tools"][1]["strict"] is None
+    assert request.echo["tool_choice"] == "auto"
+    assert request.tool_results == {}
+
+
+def test_tool_choice_none_offers_no_function() -> None:
+    request = with_tools(tools=[WEATHER], tool_choice="none")
+    assert request.turn.tools == ()
+    assert request.echo["tools"] == [WEATHER]
+    assert request.echo["tool_choice"] == "none"
+
+
+def test_without_client_tools_functions_are_only_echoed() -> None:
+    request = parse(tools=[WEATHER])
+    assert request.turn.tools == ()
+    assert request.echo["tools"] == [WEATHER]
+
+
+CALLS: list[dict[str, Any]] = [
+    {"role": "user", "content": "Weather?"},
+    {"type": "reasoning", "id": "rs_1", "summary": []},
+    {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+        "status": "completed",
+    },
+    {"type": "function_call", "call_id": "call_2", "name": "now", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    {
+        "type": "function_call_output",
+        "call_id": "call_2",
+        "output": [{"type": "input_text", "text": "12:00"}],
+    },
+]
+
+
+def test_results_the_input_ends_with_resume_a_turn() -> None:
+    request = with_tools(input=CALLS, tools=[WEATHER])
+    assert request.tool_results == {"call_1": "sunny", "call_2": "12:00"}
+    # stored for the chain as text, the way chat replays calls and results
+    assert [(item["role"], item["content"][0]["text"]) for item in request.items] == [
+        ("user", "Weather?"),
+        ("assistant", '[called get_weather {"city":"Paris"}]'),
+        ("assistant", "[called now {}]"),
+        ("user", "[result of get_weather]\nsunny"),
+        ("user", "[result of now]\n12:00"),
+    ]
+    only_outputs = with_tools(input=CALLS[-2:], previous_response_id="resp_1")
+    assert only_outputs.tool_results == {"call_1": "sunny", "call_2": "12:00"}
+    assert only_outputs.items[0]["content"][0]["text"] == "[result of call_1]\nsunny"
+
+
+def test_earlier_results_are_history() -> None:
+    request = with_tools(input=[*CALLS, {"role": "user", "content": "And tomorrow?"}])
+    assert request.tool_results == {}
+    assert request.turn.text == "And tomorrow?"
+    texts = [item["content"][0]["text"] for item in request.turn.history]
+    assert texts[1:] == [
+        '[called get_weather {"city":"Paris"}]',
+        "[called now {}]",
+        "[result of get_weather]\nsunny",
+        "[result of now]\n12:00",
+    ]
+
+
+def test_without_client_tools_results_are_the_turn_text() -> None:
+    request = parse(input=CALLS)
+    assert request.tool_results == {}
+    assert request.turn.text == "[result of get_weather]\nsunny\n\n[result of now]\n12:00"
+
+
+def test_a_second_output_for_one_call_is_refused() -> None:
+    with pytest.raises(ApiError) as caught:
+        with_tools(input=[*CALLS, CALLS[-1]])
+    assert caught.value.param == "input[6].call_id"

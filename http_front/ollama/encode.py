@@ -22,8 +22,9 @@ import orjson
 from supervisor import Turn
 
 from ..chat.present import ChatDelta, ChatOptions, ChatPresenter
-from ..pieces import Piece, Reasoning, Status, Text, Usage
+from ..pieces import ClientCall, Piece, Reasoning, Status, Text, Usage
 from ..stop import StopScanner
+from .tools import tool_call
 
 Api = Literal["chat", "generate"]
 
@@ -62,6 +63,11 @@ class OllamaPresenter:
     @property
     def stopped(self) -> bool:
         return self._stop.stopped
+
+    @property
+    def calls(self) -> list[ClientCall]:
+        """The client's function calls the answer ends with."""
+        return self._chat.calls
 
     def content(self) -> str:
         """The answer's content as given out (what the client sends back as history)."""
@@ -145,15 +151,24 @@ class OllamaEncoder:
     def __init__(self, api: Api, model: str) -> None:
         self.api = api
         self.model = model
+        self._calls = 0  # function calls so far: each one's index
 
     def _object(
-        self, created_at: str, content: str, thinking: str, *, done: bool
+        self,
+        created_at: str,
+        content: str,
+        thinking: str,
+        *,
+        done: bool,
+        tool_calls: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         obj: dict[str, Any] = {"model": self.model, "created_at": created_at}
         if self.api == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if thinking:
                 message["thinking"] = thinking
+            if tool_calls:
+                message["tool_calls"] = list(tool_calls)
             obj["message"] = message
         else:
             obj["response"] = content
@@ -164,9 +179,16 @@ class OllamaEncoder:
 
     def chunk(self, delta: ChatDelta, created_at: str) -> dict[str, Any] | None:
         """A streamed chunk of ``delta`` (None: it shows nothing here)."""
+        if delta.call is not None:
+            return self._object(created_at, "", "", done=False, tool_calls=[self.call(delta.call)])
         if not delta.content and not delta.reasoning:
             return None
         return self._object(created_at, delta.content, delta.reasoning, done=False)
+
+    def call(self, call: ClientCall) -> dict[str, Any]:
+        """The next entry of ``message.tool_calls``."""
+        self._calls += 1
+        return tool_call(call, self._calls - 1)
 
     def empty(self, created_at: str) -> dict[str, Any]:
         """A chunk with nothing in it: the stream's keepalive."""
@@ -180,9 +202,10 @@ class OllamaEncoder:
         *,
         content: str = "",
         thinking: str = "",
+        tool_calls: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         """The last object: the whole answer (when not streamed), why it ended, its numbers."""
-        obj = self._object(created_at, content, thinking, done=True)
+        obj = self._object(created_at, content, thinking, done=True, tool_calls=tool_calls)
         obj["done_reason"] = done_reason
         obj.update(attrs.asdict(stats))
         return obj
@@ -194,8 +217,11 @@ class WholeAnswer:
 
     content: list[str] = attrs.Factory(list)
     thinking: list[str] = attrs.Factory(list)
+    tool_calls: list[dict[str, Any]] = attrs.Factory(list)
 
     def add(self, delta: ChatDelta) -> None:
+        if delta.call is not None:
+            self.tool_calls.append(tool_call(delta.call, len(self.tool_calls)))
         if delta.content:
             self.content.append(delta.content)
         if delta.reasoning:

@@ -18,11 +18,13 @@ import attrs
 from supervisor import TurnRequest
 
 from ..blocks import strip_bridge_markup
+from ..chat.request import _dynamic_tools, _tools_signature
 from ..errors import bad_request
 from ..images import Image, ImageLimits, check_count, from_base64, input_image
 from ..schema import BodySchema, JsonSchema
 from ..structured import with_schema
 from ..turn_input import MAX_TURN_INPUT_CHARS, turn_input_too_long
+from .tools import Called, Returned, ToolReturn, canonical, history_digest
 
 #: Ollama's ``think`` levels → codex's reasoning effort.
 THINK_LEVELS = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
@@ -124,17 +126,62 @@ CHAT_BODY = BodySchema(
                         },
                         "tool_calls": {
                             "type": ["array", "null"],
-                            "description": "Accepted and ignored.",
+                            "description": "The functions an assistant message called "
+                            "(given back as history; before the `tool` messages that end the "
+                            "chat, they name the calls the results answer).",
+                            "items": {
+                                "type": "object",
+                                "required": ["function"],
+                                "properties": {
+                                    "id": _STRING_OR_NULL,
+                                    "type": _STRING_OR_NULL,
+                                    "function": {
+                                        "type": "object",
+                                        "required": ["name"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "arguments": {},
+                                            "index": {"type": ["integer", "null"]},
+                                        },
+                                    },
+                                },
+                            },
                         },
-                        "tool_name": _STRING_OR_NULL,
+                        "tool_name": {
+                            **_STRING_OR_NULL,
+                            "description": "On a `tool` message: the function whose result it is.",
+                        },
+                        "tool_call_id": {
+                            **_STRING_OR_NULL,
+                            "description": "On a `tool` message: the `id` of the call it "
+                            "answers (optional: results are matched by tool_name, else by "
+                            "order).",
+                        },
                     },
                 },
             },
             "tools": {
                 "type": ["array", "null"],
-                "description": "Accepted and ignored: the model answers without calling "
-                "client functions (Ollama has no tool_choice; OpenWebUI sends its built-in "
-                "tools with every chat, so refusing them would break its chats).",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "description": _STRING_OR_NULL,
+                                "parameters": {"type": ["object", "null"]},
+                            },
+                        },
+                    },
+                },
+                "description": "The client's functions: the model may call them (codex "
+                "dynamic tools). A call ends the answer with `message.tool_calls` (done_reason "
+                "`stop`) while codex's turn waits; the next request, ending with one `tool` "
+                "message per call after that assistant message, goes on with the same turn. "
+                'Accepted and ignored when the operator set client_tools = "never".',
             },
         },
     },
@@ -242,6 +289,10 @@ class OllamaRequest:
     message_images: tuple[tuple[Image, ...], ...] = ()
     #: ``format: "json"``: the answer must be one JSON object.
     json_mode: bool = False
+    #: Digest of every message sent (what calls made in answer are booked under).
+    history: str = ""
+    #: The results of the model's calls the messages end with (client tools on).
+    returned: ToolReturn | None = None
 
     #: Nothing to run (no messages / no prompt): Ollama's load (or, with
     #: ``keep_alive`` 0, unload) request.
@@ -326,12 +377,43 @@ def _history_item(role: str, text: str, images: tuple[Image, ...]) -> dict[str, 
     return {"type": "message", "role": "user", "content": parts}
 
 
+def _calls_text(calls: Any) -> str:
+    """An assistant message's function calls, as the model's history shows them."""
+    return "".join(
+        f"\n[called {call['function']['name']} {canonical(call['function'].get('arguments'))}]"
+        for call in calls or ()
+    )
+
+
+def _returned(raw_messages: list[dict[str, Any]]) -> ToolReturn | None:
+    """The ``tool`` messages the chat ends with, after the assistant message
+    whose calls they answer (None: it does not end so)."""
+    first = len(raw_messages)
+    while first > 0 and raw_messages[first - 1]["role"] == "tool":
+        first -= 1
+    if first == len(raw_messages) or first == 0:
+        return None
+    calling = raw_messages[first - 1]
+    if calling["role"] != "assistant" or not calling.get("tool_calls"):
+        return None
+    calls = tuple(
+        Called(call["function"]["name"], call["function"].get("arguments"), call.get("id"))
+        for call in calling["tool_calls"]
+    )
+    results = tuple(
+        Returned(m.get("content") or "", m.get("tool_name"), m.get("tool_call_id"))
+        for m in raw_messages[first:]
+    )
+    return ToolReturn(history_digest(raw_messages[: first - 1]), calls, results, first)
+
+
 def parse_chat(
     data: dict[str, Any],
     *,
     limits: ImageLimits,
     default_effort: str | None = None,
     summary: str | None = "auto",
+    client_tools: bool = False,
 ) -> OllamaRequest:
     """Check an ``/api/chat`` body and build its turn."""
     CHAT_BODY.check(data)
@@ -364,7 +446,8 @@ def parse_chat(
             conversation.append(("user", f"[result of {name}]\n{text}", images))
         elif role == "assistant":
             # Our own cards come back verbatim; the model must not read them as text.
-            conversation.append((role, strip_bridge_markup(text), ()))
+            text = strip_bridge_markup(text) + _calls_text(message.get("tool_calls"))
+            conversation.append((role, text.strip(), ()))
         else:
             conversation.append((role, text, images))
 
@@ -379,18 +462,28 @@ def parse_chat(
         _history_item(role, text, pics) for role, text, pics in conversation[:-1] if text or pics
     )
     turn = _turn(data, prompt, "\n\n".join(instructions) or None, thinking, default_effort, summary)
+    tools = _dynamic_tools(data) if client_tools else ()
+    # A thread keeps the tools it started with: another tool set, another thread.
+    signed_tools = (("tools", _tools_signature(tools)),) if tools else ()
     return OllamaRequest(
         model,
         stream,
-        attrs.evolve(turn, history=history),
+        attrs.evolve(turn, history=history, tools=tools),
         thinking,
         stops,
         messages=(
+            *signed_tools,
             *(("system", text) for text in instructions),
             *((role, text) for role, text, _ in conversation),
         ),
-        message_images=(*(() for _ in instructions), *(pics for _, _, pics in conversation)),
+        message_images=(
+            *(() for _ in signed_tools),
+            *(() for _ in instructions),
+            *(pics for _, _, pics in conversation),
+        ),
         json_mode=_json_mode(data),
+        history=history_digest(raw_messages),
+        returned=_returned(raw_messages) if client_tools else None,
     )
 
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
 from bridge.protocol import ModelInfo, TokenCounts
-from supervisor import Supervisor, Turn, TurnEnded
+from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
 
 from .. import telemetry
 from ..chat.present import ChatOptions, ReasoningFormat
@@ -41,8 +43,19 @@ from ..pieces import Usage
 from ..render import TurnRenderer
 from ..response import BodyLimits, EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
-from ..tool_park import ToolPark
-from ..turns import Answer, Attempt, Ending, FinishReason, answer_of, converse, ending, run_attempts
+from ..tool_park import Held, ToolPark
+from ..turns import (
+    Answer,
+    Attempt,
+    Consume,
+    Ending,
+    FinishReason,
+    answer_of,
+    calls_complete,
+    converse,
+    ending,
+    run_attempts,
+)
 from .encode import (
     NDJSON_HEADERS,
     Api,
@@ -65,6 +78,7 @@ from .request import (
     parse_chat,
     parse_generate,
 )
+from .tools import CallBook, calls_key, resume
 
 #: The Ollama version ``/api/version`` reports. Clients read it to decide
 #: what the server can do: 0.12.0 is the first Ollama with remote ("cloud")
@@ -136,6 +150,8 @@ class OllamaRoutes(Door):
     ) -> None:
         super().__init__(supervisor, conversations, options, limits, park)
         self.started_at = timestamp()
+        #: Parked calls, for clients that send no call ids back.
+        self.calls = CallBook()
 
     @property
     def routes(self) -> dict[tuple[str, str], Handler]:
@@ -269,14 +285,22 @@ class OllamaRoutes(Door):
         began = trio.current_time()
         exchange.require_json()
         body = parse_body(await exchange.read_body(self.limits))
-        parse = parse_chat if api == "chat" else parse_generate
         options = self.options
-        request = parse(
-            body,
-            limits=options.images,
-            default_effort=options.default_reasoning_effort,
-            summary=options.reasoning_summary,
-        )
+        if api == "chat":
+            request = parse_chat(
+                body,
+                limits=options.images,
+                default_effort=options.default_reasoning_effort,
+                summary=options.reasoning_summary,
+                client_tools=self.client_tools is not None,
+            )
+        else:
+            request = parse_generate(
+                body,
+                limits=options.images,
+                default_effort=options.default_reasoning_effort,
+                summary=options.reasoning_summary,
+            )
         model = await self.resolve(request.model)
         record = telemetry.current()
         if record is not None:
@@ -302,6 +326,7 @@ class OllamaRoutes(Door):
             reasoning=ReasoningFormat.FIELD if shown else ReasoningFormat.HIDDEN,
             command_output_lines=options.command_output_lines,
         )
+        uses_tools = bool(request.turn.tools or request.returned)
         answer = _Answer(
             self.supervisor,
             exchange,
@@ -310,13 +335,49 @@ class OllamaRoutes(Door):
             chat_options,
             options.keepalive_interval_s,
             began,
+            self.client_tools if uses_tools else None,
+            self.conversations,
+            self.calls,
+            key,
         )
         async with exchange.cancelled_on_disconnect():
             respond = answer.stream if request.stream else answer.whole
             try:
-                await converse(self.conversations, kind, key, request, respond)
+                if request.returned is not None and answer.park is not None:
+                    await self._resume(answer, key)
+                else:
+                    await converse(self.conversations, kind, key, request, respond)
             except ApiError as exc:  # raised before any response was started
                 await exchange.answer_error(as_ollama(exc))
+
+    async def _resume(self, answer: _Answer, key: str | None) -> None:
+        """The request brings the results of the model's calls: the turn
+        waiting on them goes on, and its rest is this request's answer."""
+        request = answer.request
+        assert answer.park is not None
+        assert request.returned is not None
+        returned = request.returned
+        async with (
+            self.conversations.one_at_a_time(key),
+            resume(answer.park, self.calls, key, returned) as held,
+        ):
+            first, index = held.context
+            # Remembered as this request's history (its calls and results
+            # included) once the turn completes.
+            plan = attrs.evolve(
+                first,
+                candidates=(first.candidates[index],),
+                signatures=self.conversations.signatures(request),
+            )
+            answers: list[Answer] = []
+            respond = answer.stream if request.stream else answer.whole
+            await respond(plan, answers.append, held)
+            if answers:
+                done = answers[0]
+                with trio.move_on_after(10, shield=True):
+                    await self.conversations.remember(
+                        plan, 0, done.thread_id, done.turn_id, done.content
+                    )
 
 
 def _target(models: list[ModelInfo], alias: Alias) -> ModelInfo | None:
@@ -338,44 +399,93 @@ class _Answer:
     options: ChatOptions
     keepalive_s: float
     began: float
+    #: Where the turn waits on the client's function calls (None: no tools).
+    park: ToolPark | None = None
+    conversations: Conversations | None = None
+    book: CallBook | None = None
+    #: The conversation key (calls are booked in it).
+    key: str | None = None
     ready_at: float | None = None
 
     def _presenter(self) -> OllamaPresenter:
         return OllamaPresenter(self.options, self.request.stops)
 
-    def _ending(self, attempt: Attempt, presenter: OllamaPresenter) -> Ending:
+    def _ending(self, attempt: Attempt, presenter: OllamaPresenter, calls: bool) -> Ending:
         """How the answer ends; a stop sequence ends it normally."""
-        if presenter.stopped and attempt.turn is not None:
-            return Ending(FinishReason.STOP, None, Usage.of(attempt.turn.usage))
-        return ending(attempt)
+        return ending(attempt, stopped=presenter.stopped and attempt.turn is not None, calls=calls)
 
-    def _final(self, attempt: Attempt, end: Ending, **whole: str) -> dict[str, Any]:
+    def _final(self, attempt: Attempt, end: Ending, **whole: Any) -> dict[str, Any]:
         now = trio.current_time()
         stats = stats_of(self.began, now, attempt.turn, self.ready_at, end.usage)
-        return self.encoder.final(timestamp(), end.finish_reason.value, stats, **whole)
+        # Ollama ends an answer that calls functions as any other: "stop".
+        reason = end.finish_reason
+        done_reason = FinishReason.STOP if reason is FinishReason.TOOL_CALLS else reason
+        return self.encoder.final(timestamp(), done_reason.value, stats, **whole)
 
-    async def stream(self, plan: Plan, remember: Callable[[Answer], None]) -> None:
+    async def _run(self, plan: Plan, consume: Consume, resumed: Held | None) -> Attempt:
+        """Run the plan's turn through ``consume`` (or go on with a resumed
+        one); a turn that may call the client's functions is opened in the
+        park, where it can outlive this request."""
+        park = self.park
+        if resumed is not None:
+            assert park is not None
+            # Parked again (or let go) before the answer goes out: the
+            # client's next request may come as soon as it has read it.
+            async with park.leaving(resumed):
+                await consume(resumed.turn)
+            return Attempt(resumed.turn, 0)
+        if park is None:
+            return await run_attempts(self.supervisor, plan.requests, consume)
+        requests = plan.requests
+
+        def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
+            return park.open_turn(request, (plan, requests.index(request)))
+
+        return await run_attempts(self.supervisor, requests, consume, opener)
+
+    def _wait_for_calls(self, plan: Plan, turn: Turn, presenter: OllamaPresenter) -> bool:
+        """Whether the answer ends with the client's function calls: then
+        the turn waits for their results, parked (and booked for clients
+        that send no call ids back)."""
+        calls = presenter.calls
+        if not calls or presenter.stopped or turn.outcome is not None or self.park is None:
+            return False
+        conversations = self.conversations
+        cleanup = None if conversations is None else partial(conversations.finish, plan)
+        ids = [call.call_id for call in calls]
+        self.park.wait_for(turn, ids, cleanup)
+        if self.book is not None:
+            signed = ((call.name, call.arguments) for call in calls)
+            self.book.add(calls_key(self.key, self.request.history, signed), ids, turn)
+        return True
+
+    async def stream(
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Held | None = None
+    ) -> bool:
+        """Stream the turn; True if it lives on, waiting on the client's calls."""
         presenter = self._presenter()
+        calls = False
         keepalive = line(self.encoder.empty(timestamp()))
         async with open_event_stream(
             self.exchange, keepalive_s=self.keepalive_s, keepalive=keepalive, headers=NDJSON_HEADERS
         ) as out:
 
             async def consume(turn: Turn) -> bool:
-                nonlocal presenter
+                nonlocal presenter, calls
                 self.ready_at = trio.current_time()
                 presenter = self._presenter()  # a new attempt starts from nothing
                 if not out.started:
                     await out.start(b"")
                 await _pump(turn, TurnRenderer(), presenter, self.encoder, out)
+                calls = self._wait_for_calls(plan, turn, presenter)
                 return presenter.shown > 0
 
-            attempt = await run_attempts(self.supervisor, plan.requests, consume)
-            end = self._ending(attempt, presenter)
+            attempt = await self._run(plan, consume, resumed)
+            end = self._ending(attempt, presenter, calls)
             if not out.started:  # refused before anything was sent
                 assert end.error is not None
                 await self.exchange.answer_error(as_ollama(end.error))
-                return
+                return False
             created = timestamp()
             tail = [line(c) for d in presenter.finish() if (c := self.encoder.chunk(d, created))]
             if end.error is not None:
@@ -386,13 +496,19 @@ class _Answer:
             if answer is not None:
                 remember(answer)
             await out.finish(b"".join(tail))
+        return calls
 
-    async def whole(self, plan: Plan, remember: Callable[[Answer], None]) -> None:
+    async def whole(
+        self, plan: Plan, remember: Callable[[Answer], None], resumed: Held | None = None
+    ) -> bool:
+        """Answer with one JSON object; True if the turn lives on, waiting
+        on the client's calls."""
         gathered = WholeAnswer()
         presenter = self._presenter()
+        calls = False
 
         async def consume(turn: Turn) -> bool:
-            nonlocal gathered, presenter
+            nonlocal gathered, presenter, calls
             self.ready_at = trio.current_time()
             gathered = WholeAnswer()  # a new attempt starts from nothing
             presenter = self._presenter()
@@ -401,22 +517,30 @@ class _Answer:
                 for piece in renderer.feed(event):
                     for delta in presenter.present(piece):
                         gathered.add(delta)
+                if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+                    break  # every call of this step is in: the turn waits
+            calls = self._wait_for_calls(plan, turn, presenter)
             return presenter.shown > 0
 
-        attempt = await run_attempts(self.supervisor, plan.requests, consume)
-        end = self._ending(attempt, presenter)
+        attempt = await self._run(plan, consume, resumed)
+        end = self._ending(attempt, presenter, calls)
         if end.error is not None:
             await self.exchange.answer_error(as_ollama(end.error))
-            return
+            return False
         for delta in presenter.finish():
             gathered.add(delta)
         answer = answer_of(attempt, presenter.content())
         if answer is not None:
             remember(answer)
         body = self._final(
-            attempt, end, content="".join(gathered.content), thinking="".join(gathered.thinking)
+            attempt,
+            end,
+            content="".join(gathered.content),
+            thinking="".join(gathered.thinking),
+            tool_calls=gathered.tool_calls,
         )
         await self.exchange.answer_json(200, body)
+        return calls
 
 
 async def _pump(
@@ -446,6 +570,8 @@ async def _pump(
             await out.send(b"".join(lines))
         if isinstance(event, TurnEnded):
             return
+        if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+            return  # every call of this step is in: the turn waits for results
 
 
 # -- what /openapi.json says --------------------------------------------------------
@@ -503,7 +629,8 @@ _DONE: JsonSchema = {
 }
 _NDJSON = (
     "application/x-ndjson (the default, stream: true): one JSON object a line with "
-    "`done: false` and the next piece of the answer, the last with `done: true`, "
+    "`done: false` and the next piece of the answer (a call of the client's functions "
+    "on a line of its own), the last with `done: true`, "
     '`done_reason` and the numbers; a failure mid-stream ends it with {"error": "…"}.'
 )
 _TAG = "Ollama"
@@ -603,6 +730,25 @@ OPERATIONS: tuple[Operation, ...] = (
                         "role": {"const": "assistant"},
                         "content": {"type": "string"},
                         "thinking": {"type": "string"},
+                        "tool_calls": {
+                            "type": "array",
+                            "description": "The client's functions the model calls (with "
+                            "`tools`); the codex turn waits for their results.",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "function": {
+                                        "type": "object",
+                                        "properties": {
+                                            "index": {"type": "integer"},
+                                            "name": {"type": "string"},
+                                            "arguments": {"type": "object"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
                     },
                 },
             )

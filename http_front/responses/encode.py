@@ -7,9 +7,9 @@ One :class:`ResponsePresenter` per turn turns the API-neutral pieces
 response is the presenter's final response object. Both forms come from the
 same presenter, so they cannot differ.
 
-How codex's activity appears (none of it asks the client to run anything:
-every call item comes already done, followed by its output where the type
-has one):
+How codex's activity appears (every call item of codex's own tools comes
+already done, followed by its output where the type has one; only a
+``function_call`` asks the client to run something):
 
 ==================  =====================================================
 answer text         ``message`` items (one per codex agent message)
@@ -22,6 +22,8 @@ an MCP tool call    ``mcp_call`` (server label, tool, arguments, output)
 a web search        ``web_search_call``
 other codex tools   ``mcp_call`` with server label ``codex``
 a plan              a ``reasoning`` item whose summary is the checklist
+a client function   ``function_call`` (codex's call id, the name, the
+                    arguments): the response ends with the step's calls
 status lines        not shown (they are progress, not output)
 ==================  =====================================================
 """
@@ -37,7 +39,17 @@ import orjson
 
 from ..blocks import unwrap_command
 from ..errors import ApiError
-from ..pieces import CommandCard, FileChangeCard, Piece, PlanCard, Reasoning, Status, Text, ToolCard
+from ..pieces import (
+    ClientCall,
+    CommandCard,
+    FileChangeCard,
+    Piece,
+    PlanCard,
+    Reasoning,
+    Status,
+    Text,
+    ToolCard,
+)
 from ..pieces import Usage as PieceUsage
 from ..turns import Ending, FinishReason
 
@@ -98,6 +110,8 @@ class ResponsePresenter:
         self.output: list[Item] = []
         #: Events given out so far: whether the client has seen anything.
         self.shown = 0
+        #: The client's function calls (their call ids) the answer ends with.
+        self.calls: list[str] = []
         self._open: _Open | None = None
         self._final: dict[str, Any] | None = None
 
@@ -140,7 +154,7 @@ class ResponsePresenter:
 
     def finish(self, end: Ending, completed_at: int) -> list[Event]:
         """The open item closed, and the one terminal event."""
-        ok = end.error is None and end.finish_reason is FinishReason.STOP
+        ok = end.error is None and end.finish_reason in (FinishReason.STOP, FinishReason.TOOL_CALLS)
         events = self._close("completed" if ok else "incomplete")
         if end.error is not None:
             final = self.response("failed", usage=end.usage, error=end.error)
@@ -452,6 +466,38 @@ class ResponsePresenter:
         }
         return self._done_items(call)
 
+    def _client_call(self, call: ClientCall) -> list[Event]:
+        """A call of the client's function: its arguments streamed, done."""
+        self.calls.append(call.call_id)
+        events = self._close()
+        index = len(self.output)
+        item: Item = {
+            "id": new_id("fc"),
+            "type": "function_call",
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments": call.arguments,
+            "status": "completed",
+        }
+        self.output.append(item)
+        added = {**item, "arguments": "", "status": "in_progress"}
+        at = {"item_id": item["id"], "output_index": index}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": added})
+        if call.arguments:
+            events.append(
+                {"type": "response.function_call_arguments.delta", **at, "delta": call.arguments}
+            )
+        events.append(
+            {
+                "type": "response.function_call_arguments.done",
+                **at,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+        )
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+        return events
+
     def _plan(self, card: PlanCard) -> list[Event]:
         marks = {"completed": "[x]", "inProgress": "[~]", "in_progress": "[~]"}
         lines = [f"- {marks.get(status, '[ ]')} {step}" for step, status in card.steps]
@@ -469,6 +515,7 @@ _PRESENTERS: dict[type[Any], Callable[[ResponsePresenter, Any], list[Event]]] = 
     FileChangeCard: ResponsePresenter._file_change,
     ToolCard: ResponsePresenter._tool,
     PlanCard: ResponsePresenter._plan,
+    ClientCall: ResponsePresenter._client_call,
 }
 
 

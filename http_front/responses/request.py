@@ -5,6 +5,12 @@ by hand for what a schema cannot say: where each input message goes, which
 fields are refused and why. The request's trailing user messages are the
 turn's input; system and developer messages become developer instructions;
 earlier user and assistant messages are replayed as history.
+
+Function tools are the client's functions: codex offers them to the model
+(dynamic tools). A request whose input ends with ``function_call_output``
+items brings the results of the model's calls: it resumes the codex turn
+waiting on them (:mod:`http_front.tool_park`), the call ids the key. Calls
+and results earlier in the input are replayed as text, as chat does.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import orjson
 
 from supervisor import TurnRequest
 
@@ -45,9 +52,8 @@ IGNORED = {
     "top_p": "codex decides sampling itself",
     "top_logprobs": "codex reports no log probabilities",
     "max_output_tokens": "codex's turn/start has no output bound",
-    "max_tool_calls": "codex's own tools are not client tools",
-    "tool_choice": "no client tools yet",
-    "parallel_tool_calls": "no client tools yet",
+    "max_tool_calls": "codex does not bound the model's calls",
+    "parallel_tool_calls": "the model decides whether it calls several functions at once",
     "truncation": "codex compacts a long thread itself",
     "user": "an end-user id, kept nowhere",
     "safety_identifier": "an end-user id, kept nowhere",
@@ -78,14 +84,37 @@ _PART: JsonSchema = {
 
 _ITEM: JsonSchema = {
     "type": "object",
-    "description": "A message ({role, content} or type 'message'). Output items of this "
-    "service sent back (reasoning, shell_call, apply_patch_call, mcp_call, web_search_call "
-    "and their outputs) are accepted and not replayed; function_call_output and other item "
-    "types are refused.",
+    "description": "A message ({role, content} or type 'message'), a function_call the "
+    "model made ({call_id, name, arguments}) or a function_call_output ({call_id, output}: "
+    "the client's result). Results the input ends with resume the turn waiting on those "
+    "calls; earlier calls and results are replayed as text. Output items of this service "
+    "sent back (reasoning, shell_call, apply_patch_call, mcp_call, web_search_call and "
+    "their outputs) are accepted and not replayed; other item types are refused.",
     "properties": {
         "type": {"type": "string"},
         "role": {"enum": ["user", "system", "developer", "assistant"]},
         "content": {"type": ["string", "array", "null"], "items": _PART},
+        "call_id": {"type": "string", "minLength": 1},
+        "name": {"type": "string"},
+        "arguments": {"type": "string"},
+        "output": {"type": ["string", "array"], "items": _PART},
+    },
+}
+
+#: A tool the client offers: a function (other types are refused by hand).
+_TOOL: JsonSchema = {
+    "type": "object",
+    "required": ["type"],
+    "description": "A function of the client's {type: 'function', name, description, "
+    "parameters, strict}: codex offers it to the model, and a call of it ends the response "
+    "with function_call items. strict is accepted; the arguments are not constrained to "
+    "the schema. Other tool types (web_search, file_search, mcp, …) are refused.",
+    "properties": {
+        "type": {"type": "string"},
+        "name": {"type": "string", "minLength": 1},
+        "description": {"type": ["string", "null"]},
+        "parameters": {"type": ["object", "null"]},
+        "strict": {"type": ["boolean", "null"]},
     },
 }
 
@@ -96,8 +125,8 @@ BODY = BodySchema(
         "type": "object",
         "description": "A Responses API request. Accepted and ignored: "
         + "; ".join(f"{name} ({why})" for name, why in IGNORED.items())
-        + ". Refused with a 400: non-empty tools (not supported yet), background: true, "
-        "prompt, conversation, function_call_output items.",
+        + ". Refused with a 400: tools other than functions, tool_choice required or "
+        "naming a function, background: true, prompt, conversation.",
         "required": ["input"],
         "properties": {
             "model": {"type": ["string", "null"], "minLength": 1},
@@ -137,8 +166,13 @@ BODY = BodySchema(
                     "verbosity": {"enum": ["low", "medium", "high", None]},
                 },
             },
-            "tools": {"type": ["array", "null"]},
-            "tool_choice": {"type": ["string", "object", "null"]},
+            "tools": {"type": ["array", "null"], "items": _TOOL},
+            "tool_choice": {
+                "anyOf": [{"enum": ["none", "auto", "required", None]}, {"type": "object"}],
+                "description": "auto (the default) and none (the model is offered no "
+                "function) are honoured; required or a named tool are refused (400): codex "
+                "cannot make the model call a function.",
+            },
             "parallel_tool_calls": {"type": ["boolean", "null"]},
             "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
             "max_tool_calls": {"type": ["integer", "null"], "minimum": 0},
@@ -178,6 +212,9 @@ class ResponsesRequest:
     previous_response_id: str | None
     #: What the response object echoes back.
     echo: dict[str, Any]
+    #: The client's results of the model's function calls (call id → text)
+    #: the input ends with: they resume the turn waiting on those calls.
+    tool_results: dict[str, str] = attrs.field(factory=dict)
 
 
 def _refused(param: str, message: str) -> ApiError:
@@ -188,11 +225,26 @@ def _check_fields(data: dict[str, Any]) -> None:
     for name in data:
         if name not in _KNOWN:
             raise bad_request(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
-    if data.get("tools"):
+    for index, tool in enumerate(data.get("tools") or ()):
+        kind = tool["type"]
+        if kind != "function":
+            raise _refused(
+                f"tools[{index}].type",
+                f"tools of type {kind!r} are not supported: only function tools (the client's "
+                "functions) are; codex runs its own tools (commands, patches, web search, MCP)",
+            )
+        if "name" not in tool:
+            raise bad_request(
+                f"Missing required parameter: 'tools[{index}].name'.",
+                param=f"tools[{index}].name",
+                code="missing_required_parameter",
+            )
+    tool_choice = data.get("tool_choice")
+    if tool_choice == "required" or isinstance(tool_choice, dict):
         raise _refused(
-            "tools",
-            "tools are not supported yet: codex runs its own tools (commands, patches, MCP), "
-            "and client-side tools are not offered to the model",
+            "tool_choice",
+            f"tool_choice {orjson.dumps(tool_choice).decode()} is not supported: codex cannot "
+            "make the model call a function; leave tool_choice unset, auto or none",
         )
     if data.get("background"):
         raise _refused(
@@ -214,10 +266,15 @@ class _Input:
 
     limits: ImageLimits
     instructions: list[str] = attrs.Factory(list)
-    #: (role, parts) of user and assistant messages; parts are Responses
-    #: content parts, images as data URLs.
+    #: (role, parts, text, images) of user and assistant messages and
+    #: function results (role "tool"); parts are Responses content parts,
+    #: images as data URLs.
     messages: list[tuple[str, list[dict[str, Any]], str, list[Image]]] = attrs.Factory(list)
     images: int = 0
+    #: The function results since the last message (call id → text).
+    results: dict[str, str] = attrs.Factory(dict)
+    #: The functions the input's calls named (call id → name).
+    names: dict[str, str] = attrs.Factory(dict)
 
     def add_message(self, role: str, content: Any, where: str) -> None:
         if content is None:
@@ -272,13 +329,21 @@ class _Input:
     def add(self, index: int, item: dict[str, Any]) -> None:
         where = f"input[{index}]"
         kind = item.get("type", "message")
+        if kind == "function_call":
+            call_id = _required(item, "call_id", where)
+            name = self.names[call_id] = _required(item, "name", where)
+            self._add_text("assistant", call_text(name, _required(item, "arguments", where)))
+            return
         if kind == "function_call_output":
-            raise bad_request(
-                f"{where}: function_call_output items are not supported yet: "
-                "this service offers the model no client tools",
-                param=f"{where}.type",
-                code="unsupported_parameter",
-            )
+            call_id = _required(item, "call_id", where)
+            if call_id in self.results:
+                raise bad_request(
+                    f"{where}.call_id: a second output for the call {call_id!r}",
+                    param=f"{where}.call_id",
+                )
+            output = self.results[call_id] = _output_text(item.get("output"), where)
+            self._add_text("tool", f"[result of {self.names.get(call_id, call_id)}]\n{output}")
+            return
         if kind in OWN_OUTPUT_TYPES:
             return
         if kind != "message":
@@ -289,11 +354,85 @@ class _Input:
         role = item.get("role")
         if role is None:
             raise bad_request(f"{where}.role is required", param=f"{where}.role")
+        self.results = {}  # results before a message are history
         self.add_message(role, item.get("content"), where)
+
+    def _add_text(self, role: str, text: str) -> None:
+        kind = "output_text" if role == "assistant" else "input_text"
+        self.messages.append((role, [{"type": kind, "text": text}], text, []))
+
+
+def _required(item: dict[str, Any], field: str, where: str) -> str:
+    value = item.get(field)
+    if not isinstance(value, str):
+        raise bad_request(
+            f"Missing required parameter: '{where}.{field}'.",
+            param=f"{where}.{field}",
+            code="missing_required_parameter",
+        )
+    return value
+
+
+def _output_text(output: Any, where: str) -> str:
+    """A function_call_output's output: a string, or text parts."""
+    if isinstance(output, str):
+        return output
+    if output is None:
+        raise bad_request(
+            f"Missing required parameter: '{where}.output'.",
+            param=f"{where}.output",
+            code="missing_required_parameter",
+        )
+    texts: list[str] = []
+    for index, part in enumerate(output):
+        at = f"{where}.output[{index}]"
+        if part["type"] not in ("input_text", "output_text", "text"):
+            raise bad_request(
+                f"{at}: function results of type {part['type']!r} are not supported; send text",
+                param=f"{at}.type",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise bad_request(f"{at}.text is required", param=f"{at}.text")
+        texts.append(text)
+    return "".join(texts)
+
+
+def call_text(name: str, arguments: str) -> str:
+    """A function call as the model's history shows it (as chat shows one)."""
+    return f"[called {name} {arguments}]"
+
+
+def dynamic_tools(tools: Any, tool_choice: Any) -> tuple[dict[str, object], ...]:
+    """The client's function tools as codex dynamic tools (none with
+    tool_choice "none"); ``tools`` as the request (or its echo) has them."""
+    if tool_choice == "none":
+        return ()
+    return tuple(
+        {
+            "type": "function",
+            "name": tool["name"],
+            "description": tool.get("description") or "",
+            "inputSchema": tool.get("parameters") or {"type": "object", "properties": {}},
+        }
+        for tool in tools or ()
+        if tool.get("type") == "function"
+    )
+
+
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool["name"],
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
 
 
 def _item(role: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "message", "role": role, "content": parts}
+    """A replayable message (a function's result is the user's)."""
+    return {"type": "message", "role": "user" if role == "tool" else role, "content": parts}
 
 
 def parse_responses_request(
@@ -302,8 +441,14 @@ def parse_responses_request(
     *,
     default_effort: str | None = None,
     summary: str | None = "auto",
+    client_tools: bool = False,
 ) -> ResponsesRequest:
-    """Validate a Responses body (a 400 naming the ``param`` otherwise) and build its turn."""
+    """Validate a Responses body (a 400 naming the ``param`` otherwise) and build its turn.
+
+    ``client_tools``: function tools go to codex, and results the input ends
+    with are to resume a turn; else tools are echoed only, and results are
+    input text like any other.
+    """
     BODY.check(data)
     _check_fields(data)
     reading = _Input(limits)
@@ -316,8 +461,12 @@ def parse_responses_request(
     check_count(range(reading.images), limits, "input")
 
     messages = reading.messages
+    results = reading.results if client_tools else {}
     first_new = len(messages)
-    while first_new > 0 and messages[first_new - 1][0] == "user":
+    # Results the input ends with are the new input (or resume a turn);
+    # results before a user message are history.
+    new_roles = ("user", "tool") if messages and messages[-1][0] == "tool" else ("user",)
+    while first_new > 0 and messages[first_new - 1][0] in new_roles:
         first_new -= 1
     if first_new == len(messages):
         raise bad_request("input must end with a user message: the turn's input", param="input")
@@ -326,7 +475,7 @@ def parse_responses_request(
     images = tuple(image for *_, message_images in new for image in message_images)
     if not text.strip() and not images:
         raise bad_request("the input's last user message must not be empty", param="input")
-    if turn_input_too_long(text):
+    if not results and turn_input_too_long(text):
         raise bad_request(
             f"Invalid 'input': string too long. Expected at most {MAX_TURN_INPUT_CHARS} "
             f"characters in the new user message(s), but got {len(text)} "
@@ -348,6 +497,7 @@ def parse_responses_request(
         history=tuple(_item(role, parts) for role, parts, _, _ in messages[:first_new]),
         effort=effort,
         summary=summary,
+        tools=dynamic_tools(data.get("tools"), data.get("tool_choice")) if client_tools else (),
     )
     text_config = data.get("text") or {}
     text_format = text_config.get("format") or {"type": "text"}
@@ -377,7 +527,7 @@ def parse_responses_request(
         "max_tool_calls": data.get("max_tool_calls"),
         "parallel_tool_calls": data.get("parallel_tool_calls", True) is not False,
         "tool_choice": data.get("tool_choice") or "auto",
-        "tools": [],
+        "tools": [_echo_tool(tool) for tool in data.get("tools") or ()],
         "truncation": data.get("truncation") or "disabled",
         "user": data.get("user"),
         "background": False,
@@ -392,4 +542,5 @@ def parse_responses_request(
         items=tuple(_item(role, parts) for role, parts, _, _ in messages),
         previous_response_id=data.get("previous_response_id"),
         echo=echo,
+        tool_results=dict(results),
     )

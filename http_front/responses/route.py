@@ -11,6 +11,12 @@ response continuing the thread's last turn runs on that thread with only its
 new input; one continuing an earlier response (a branch), or a thread codex
 can no longer resume, runs on a fresh thread seeded with the chain's stored
 history. Turns of one thread run one at a time.
+
+When the model calls the client's functions, the response ends (completed)
+with the step's ``function_call`` items while the codex turn waits, parked
+(:mod:`http_front.tool_park`); the request bringing their
+``function_call_output`` items — with ``previous_response_id`` or the whole
+history — resumes that turn and is answered with the rest of it.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from bridge.protocol import TurnEvent
 from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
 
 from .. import telemetry
@@ -32,17 +42,17 @@ from ..conversation.identity import workspace_name
 from ..conversation.manager import Conversations
 from ..conversation.store import ConversationStore, MemoryStore, ResponseRecord
 from ..door import Door
-from ..errors import ApiError
+from ..errors import ApiError, bad_request
 from ..images import write as write_images
 from ..models import model_turn
 from ..options import FrontOptions
 from ..render import TurnRenderer
 from ..response import SSE_KEEPALIVE, BodyLimits, EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
-from ..tool_park import ToolPark
-from ..turns import Attempt, ending, run_attempts
+from ..tool_park import Held, ToolPark
+from ..turns import Attempt, Consume, calls_complete, ending, run_attempts
 from .encode import EventEncoder, ResponseHead, ResponsePresenter, new_id
-from .request import BODY, ResponsesRequest, parse_responses_request
+from .request import BODY, ResponsesRequest, call_text, dynamic_tools, parse_responses_request
 
 #: Events rendered into one write at most; bounds a write's size and latency.
 _BATCH = 512
@@ -71,6 +81,23 @@ class _Chain:
     chain: str | None  # None: a one-off (store=false, nothing continued)
     cwd: Path
     instructions: str | None
+
+
+async def _remove(cwd: Path) -> None:
+    with trio.move_on_after(10, shield=True):
+        await trio.to_thread.run_sync(shutil.rmtree, cwd, True)
+
+
+def _calls_of(record: ResponseRecord) -> list[str]:
+    """The call ids of the function calls a stored response ended with."""
+    output = (record.response or {}).get("output") or ()
+    return [item["call_id"] for item in output if item.get("type") == "function_call"]
+
+
+def _thread_tools(record: ResponseRecord) -> tuple[dict[str, object], ...]:
+    """The client's functions the stored response's thread offers the model."""
+    response = record.response or {}
+    return dynamic_tools(response.get("tools"), response.get("tool_choice"))
 
 
 class Responses(Door):
@@ -120,11 +147,13 @@ class Responses(Door):
 
     async def create(self, exchange: Exchange) -> None:
         exchange.require_json()
+        park = self.client_tools
         request = parse_responses_request(
             parse_body(await exchange.read_body(self.limits)),
             self.options.images,
             default_effort=self.options.default_reasoning_effort,
             summary=self.options.reasoning_summary,
+            client_tools=park is not None,
         )
         turn = await model_turn(self.supervisor, self.options.aliases, request.model, request.turn)
         request = attrs.evolve(request, turn=turn)
@@ -133,26 +162,44 @@ class Responses(Door):
             previous = await self.store.get_response(request.previous_response_id)
             if previous is None:
                 raise _not_found(request.previous_response_id, "previous_response_id")
+            _check_results(request, previous)
         response_id = new_id("resp")
         chain_id = previous.chain if previous is not None else response_id
         record = telemetry.current()
         if record is not None:
             record.model = request.model
             record.conversation = telemetry.conversation_hash(chain_id)
-        answer = _Answer(self, exchange, request, previous, response_id)
+        uses_park = bool(request.turn.tools or request.tool_results)
+        answer = _Answer(
+            self, exchange, request, previous, response_id, park if uses_park else None
+        )
         lock = None if previous is None else "responses:" + previous.thread_id
         async with exchange.cancelled_on_disconnect():
             try:
                 async with self.conversations.one_at_a_time(lock):
+                    if request.tool_results and answer.park is not None:
+                        await self._resume(answer, answer.park)
+                        return
                     chain = await self._chain(request, previous, chain_id)
+                    lives_on = False
                     try:
-                        await (answer.stream if request.stream else answer.whole)(chain)
+                        lives_on = await (answer.stream if request.stream else answer.whole)(chain)
                     finally:
-                        if chain.chain is None:
-                            with trio.move_on_after(10, shield=True):
-                                await trio.to_thread.run_sync(shutil.rmtree, chain.cwd, True)
+                        if chain.chain is None and not lives_on:  # else the park removes it
+                            await _remove(chain.cwd)
             except ApiError as exc:  # raised before any response was started
                 await exchange.answer_error(exc)
+
+    async def _resume(self, answer: _Answer, park: ToolPark) -> None:
+        """The request brings the results of the model's calls: the turn
+        waiting on them goes on, and its rest is this request's answer."""
+        request = answer.request
+        async with park.resume(request.tool_results, "input") as held:
+            answer.resuming = held
+            # The chain the turn runs in (a turn another door parked goes on
+            # too, and nothing of it is stored here).
+            chain = held.context if isinstance(held.context, _Chain) else None
+            await (answer.stream if request.stream else answer.whole)(chain)
 
     async def _chain(
         self, request: ResponsesRequest, previous: ResponseRecord | None, chain_id: str
@@ -176,7 +223,8 @@ class Responses(Door):
         instructions = turn.developer_instructions or previous.instructions
         candidates: list[TurnRequest] = []
         head = await self.store.get_thread_head(previous.thread_id)
-        if head == previous.turn_id:
+        # A thread offers the model the functions it started with.
+        if head == previous.turn_id and _thread_tools(previous) == turn.tools:
             # The thread's last turn: go on with only the new input (and
             # instructions the thread was not started with, as a developer message).
             added: tuple[dict[str, object], ...] = ()
@@ -274,6 +322,10 @@ class _Answer:
     request: ResponsesRequest
     previous: ResponseRecord | None
     response_id: str
+    #: Where the turn waits on the client's function calls (None: no tools).
+    park: ToolPark | None = None
+    #: The parked turn the request resumes, if it brings function results.
+    resuming: Held | None = None
     created_at: int = attrs.Factory(lambda: int(time.time()))
 
     def _presenter(self, turn: Turn) -> ResponsePresenter:
@@ -286,29 +338,69 @@ class _Answer:
         )
         return ResponsePresenter(head)
 
+    async def _run(self, chain: _Chain | None, consume: Consume) -> Attempt:
+        """Run the chain's turn through ``consume`` (or go on with a resumed
+        one); a turn that may call the client's functions is opened in the
+        park, where it can outlive this request."""
+        resuming = self.resuming
+        park = self.park
+        if resuming is not None:
+            assert park is not None
+            # Parked again (if it calls again) before the answer's last bytes
+            # go out, so the client's next request finds it parked.
+            async with park.leaving(resuming):
+                await consume(resuming.turn)
+            return Attempt(resuming.turn, 0)
+        assert chain is not None
+        if park is None:
+            return await run_attempts(self.door.supervisor, chain.candidates, consume)
+
+        def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
+            return park.open_turn(request, chain)
+
+        return await run_attempts(self.door.supervisor, chain.candidates, consume, opener)
+
+    def _wait_for_calls(
+        self, chain: _Chain | None, turn: Turn, presenter: ResponsePresenter
+    ) -> bool:
+        """Whether the response ends with the client's function calls: then
+        the turn waits for their results, parked (a one-off's directory
+        removed once it is let go)."""
+        if not presenter.calls or turn.outcome is not None or self.park is None:
+            return False
+        cleanup: Callable[[], Awaitable[None]] | None = None
+        if chain is not None and chain.chain is None and self.resuming is None:
+            cleanup = partial(_remove, chain.cwd)
+        self.park.wait_for(turn, presenter.calls, cleanup)
+        return True
+
     async def _finish(
-        self, chain: _Chain, attempt: Attempt, presenter: ResponsePresenter
+        self, chain: _Chain | None, attempt: Attempt, presenter: ResponsePresenter, calls: bool
     ) -> list[dict[str, Any]]:
-        events = presenter.finish(ending(attempt), int(time.time()))
-        await self.door.remember(
-            self.request,
-            self.previous,
-            chain,
-            self.response_id,
-            attempt.turn,
-            presenter.final,
-            presenter.answer_text(),
-        )
+        events = presenter.finish(ending(attempt, calls=calls), int(time.time()))
+        if chain is not None:
+            await self.door.remember(
+                self.request,
+                self.previous,
+                chain,
+                self.response_id,
+                attempt.turn,
+                presenter.final,
+                _reply_text(presenter),
+            )
         return events
 
-    async def stream(self, chain: _Chain) -> None:
+    async def stream(self, chain: _Chain | None) -> bool:
+        """Stream the turn (or the rest of the one resumed). True if it
+        lives on, waiting on the client's function calls."""
         encoder = EventEncoder()
         presenter: ResponsePresenter | None = None
         keepalive = self.door.options.keepalive_interval_s
+        calls = False
         async with open_event_stream(self.exchange, keepalive_s=keepalive) as out:
 
             async def consume(turn: Turn) -> bool:
-                nonlocal presenter
+                nonlocal presenter, calls
                 started = presenter is not None
                 presenter = self._presenter(turn)  # a new attempt starts from nothing
                 if not started:
@@ -316,40 +408,71 @@ class _Answer:
                     # the client at once, whatever buffers sit between.
                     await out.start(SSE_KEEPALIVE + encoder.encode_all(presenter.start()))
                 await _pump(turn, TurnRenderer(), presenter, encoder, out)
+                calls = self._wait_for_calls(chain, turn, presenter)
                 return presenter.shown > 0
 
-            attempt = await run_attempts(self.door.supervisor, chain.candidates, consume)
+            attempt = await self._run(chain, consume)
             if presenter is None:  # refused before anything was sent
                 end = ending(attempt)
                 assert end.error is not None
                 await self.exchange.answer_error(end.error)
-                return
-            events = await self._finish(chain, attempt, presenter)
+                return False
+            events = await self._finish(chain, attempt, presenter, calls)
             await out.finish(encoder.encode_all(events))
+        return calls
 
-    async def whole(self, chain: _Chain) -> None:
+    async def whole(self, chain: _Chain | None) -> bool:
         presenter: ResponsePresenter | None = None
+        calls = False
 
         async def consume(turn: Turn) -> bool:
-            nonlocal presenter
+            nonlocal presenter, calls
             presenter = self._presenter(turn)  # a new attempt starts from nothing
             renderer = TurnRenderer()
-            async for event in turn:
+            while (event := await _next_event(turn, renderer, presenter)) is not None:
                 for piece in renderer.feed(event):
                     presenter.present(piece)
+            calls = self._wait_for_calls(chain, turn, presenter)
             return presenter.shown > 0
 
-        attempt = await run_attempts(self.door.supervisor, chain.candidates, consume)
-        end = ending(attempt)
+        attempt = await self._run(chain, consume)
+        end = ending(attempt, calls=calls)
         if presenter is None:
             assert end.error is not None
             await self.exchange.answer_error(end.error)
-            return
-        await self._finish(chain, attempt, presenter)
+            return False
+        await self._finish(chain, attempt, presenter, calls)
         if end.error is not None:
             await self.exchange.answer_error(end.error)
-            return
+            return False
         await self.exchange.answer_json(200, presenter.final)
+        return calls
+
+
+def _reply_text(presenter: ResponsePresenter) -> str:
+    """The answer as the chain's history replays it: its text, then its
+    function calls."""
+    calls = [
+        call_text(item["name"], item["arguments"])
+        for item in presenter.output
+        if item["type"] == "function_call"
+    ]
+    return "\n".join(filter(None, [presenter.answer_text(), *calls]))
+
+
+def _check_results(request: ResponsesRequest, previous: ResponseRecord) -> None:
+    """A response that ended with function calls goes on with their
+    outputs, and only theirs (as OpenAI's API has it)."""
+    calls = _calls_of(previous)
+    for call in calls:
+        if call not in request.tool_results:
+            raise bad_request(f"No tool output found for function call {call}.", param="input")
+    for call in request.tool_results:
+        if call not in calls:
+            raise bad_request(
+                f"No tool call found for function call output with call_id {call}.",
+                param="input",
+            )
 
 
 async def _pump(
@@ -359,12 +482,13 @@ async def _pump(
     encoder: EventEncoder,
     out: EventStream,
 ) -> None:
-    """Render the turn's events to SSE frames until its end."""
+    """Render the turn's events to SSE frames until its end, or until the
+    model's calls of the client's functions are all in."""
     feed = renderer.feed
     present = presenter.present
     encode = encoder.encode
     while True:
-        event = await turn.next_event()
+        event = await _next_event(turn, renderer, presenter)
         if event is None:
             return
         frames: list[bytes] = []
@@ -376,6 +500,18 @@ async def _pump(
             await out.send(b"".join(frames))
         if isinstance(event, TurnEnded):
             return
+
+
+async def _next_event(
+    turn: Turn, renderer: TurnRenderer, presenter: ResponsePresenter
+) -> TurnEvent | TurnEnded | None:
+    """The turn's next event; None after its end, or once the model's calls
+    of the client's functions are in: codex asks for each call as soon as the
+    model has written it, so a moment's quiet is what says no other call of
+    the step follows (then the turn waits for their results)."""
+    if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+        return None
+    return await turn.next_event()
 
 
 def _response_schema() -> JsonSchema:
@@ -398,7 +534,9 @@ def _response_schema() -> JsonSchema:
             "output": {
                 "type": "array",
                 "description": "message, reasoning, shell_call, shell_call_output, "
-                "apply_patch_call, apply_patch_call_output, mcp_call and web_search_call items",
+                "apply_patch_call, apply_patch_call_output, mcp_call and web_search_call items; "
+                "function_call items (call_id, name, arguments) when the model calls the "
+                "client's functions",
                 "items": {
                     "type": "object",
                     "required": ["type"],
@@ -440,7 +578,11 @@ OPERATIONS: tuple[Operation, ...] = (
         description="Runs one codex turn. With stream: true, server-sent events "
         "(response.created … response.completed / incomplete / failed, each with a "
         "sequence_number); else the response object. previous_response_id continues "
-        "the same codex thread.",
+        "the same codex thread. Function tools are offered to the model; its calls end "
+        "the response (completed) with function_call items while the codex turn waits, "
+        "and the request bringing their function_call_output items (after "
+        "previous_response_id or in the client's own history) is answered with the rest "
+        "of that turn.",
         body=BODY,
         responses={"application/json": _RESPONSE, "text/event-stream": {"type": "string"}},
     ),
