@@ -152,6 +152,9 @@ class RequestRecord:
     #: The turns it ran (a retry runs a second one), the last one current.
     turns: list[Turn] = attrs.Factory(list)
     retried: bool = False
+    #: The answer ended with this many calls of the client's functions: its
+    #: turn waits for their results (and is counted when it ends).
+    tool_calls: int = 0
     #: Why no turn ran (a RefusalKind's name, or "key_limit").
     refusal: str | None = None
     #: The error the client was told, whole or in its stream.
@@ -357,9 +360,17 @@ class Telemetry:
         if turn is None:
             return
         outcome = turn.outcome
-        status = outcome.status.value if outcome is not None else "interrupted"
+        parked = outcome is None and record.tool_calls > 0
+        status = (
+            outcome.status.value
+            if outcome is not None
+            else "waiting on the client's function calls"
+            if parked
+            else "interrupted"
+        )
         usage = _total_usage(record.turns)  # a retried request used both turns' tokens
-        if self.metrics_enabled:
+        # A parked turn is measured and counted once, by the request it ends in.
+        if self.metrics_enabled and not parked:
             for t in record.turns:
                 self.queue_wait.observe(t.queue_wait_s)
             ended = turn.ended_at if turn.ended_at is not None else now
@@ -415,7 +426,9 @@ class Telemetry:
             text += f": {_clip(error.message)}"
         # Interrupted: its client went away (the bridge interrupts for no
         # other reason); nothing an operator must look at.
-        level = logging.INFO if status in ("completed", "interrupted") else logging.WARNING
+        level = (
+            logging.INFO if parked or status in ("completed", "interrupted") else logging.WARNING
+        )
         if error is not None and level == logging.WARNING:
             self._note_error(record, error, now)
         turn_log.log(level, "%s", text, extra={"fields": fields})

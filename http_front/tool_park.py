@@ -107,6 +107,9 @@ class ToolPark:
         # Whether parked or let go, the turn's holder cleans up after it.
         held.cleanup = held.cleanup or self._cleanups.pop(held.turn, None)
         if ok and calls and held.turn.outcome is None:
+            record = telemetry.current()
+            if record is not None:
+                record.tool_calls = len(calls)
             self._park(held, calls)
         else:
             held.released.set()
@@ -223,6 +226,9 @@ class ToolPark:
         """
         held = self.take(results.keys(), param)
         held.entered = False
+        record = telemetry.current()
+        if record is not None:  # its log lines and metrics are this turn's
+            record.ran(held.turn)
         ok = False
         try:
             for call in held.calls:
