@@ -86,8 +86,13 @@ async def test_the_sdk_tool_loop_resumes_the_same_codex_turn(
     with trio.fail_after(TIMEOUT_S):
         async with real_service(tmp_path, codex_bin, scripted_model) as svc:
             loop = await trio.to_thread.run_sync(lambda: run_tool_loop(svc, prompt, stream=stream))
-            await trio.sleep(0.2)
-            assert svc.handle.supervisor.status()["active_turns"] == 0
+            supervisor = svc.handle.supervisor
+            await eventually(lambda: supervisor.status()["active_turns"] == 0)
+            await trio.sleep(0.1)  # the last request's metrics are recorded after its last byte
+            metrics = (await svc.client.get("/metrics")).text
+    # One turn, measured once (by the request it ended in), never as interrupted.
+    durations = [line for line in metrics.splitlines() if "turn_duration_seconds_count" in line]
+    assert durations == ['codex_bridge_turn_duration_seconds_count{outcome="completed"} 1.0']
     first, second = loop["rounds"]
     assert first["finish"] == "tool_calls"
     [(call_id, name, arguments)] = first["calls"]
