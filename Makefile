@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run demo test test-tools lint typecheck unit bench adversarial record clean
+.PHONY: install run demo test test-tools lint typecheck unit bench adversarial record clean \
+	e2e-openwebui openwebui
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -59,9 +60,29 @@ bench: install
 adversarial: install
 	$(BIN)/python -m bench.adversarial
 
+# A real OpenWebUI 0.12.4 in front of the service, in a venv of its own
+# (about 3 GB: the CPU build of PyTorch first, which pip takes from the
+# machine's wheel directory, so that OpenWebUI does not pull the CUDA one).
+OWUI_VENV  := .venv-openwebui
+OWUI_STAMP := $(OWUI_VENV)/.installed
+
+openwebui: $(OWUI_STAMP)
+
+$(OWUI_STAMP):
+	$(PYTHON) -m venv $(OWUI_VENV)
+	$(OWUI_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OWUI_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(OWUI_VENV)/bin/python -m pip install --quiet open-webui==0.12.4
+	touch $@
+
+# OpenWebUI's web-UI path (socket.io session, its built-in tools) against the
+# service with real codex children and the scripted model; not part of `make test`.
+e2e-openwebui: install test-tools $(OWUI_STAMP)
+	$(BIN)/pytest tests/e2e_openwebui
+
 # Re-record fixtures/transcripts from the real binary.
 record: install
 	$(BIN)/python -m fixtures.record
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(OWUI_VENV) node_modules .mypy_cache .ruff_cache .pytest_cache *.egg-info
