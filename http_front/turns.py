@@ -34,6 +34,7 @@ from .errors import ApiError, refusal_error, turn_error
 from .images import write as write_images
 from .pieces import Usage
 from .structured import with_json_mode
+from .tool_park import Held
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +237,28 @@ async def _prepared(plan: Plan, request: Conversational) -> Plan:
             turn = with_json_mode(turn)
         candidates.append(attrs.evolve(candidate, request=turn))
     return attrs.evolve(plan, candidates=tuple(candidates))
+
+
+#: Writes the rest of a resumed turn as the request's answer (see
+#: :func:`go_on`); True if it is parked again.
+ResumedRespond = Callable[[Plan, Callable[[Answer], None], Held], Awaitable[bool]]
+
+
+async def go_on(
+    conversations: Conversations, held: Held, request: Conversational, respond: ResumedRespond
+) -> None:
+    """A parked turn goes on as this request's answer (the request brought
+    its function results); remembered, once it completes, as this request's
+    history — its calls and results included."""
+    first, index = held.context
+    plan = attrs.evolve(
+        first,
+        candidates=(first.candidates[index],),
+        signatures=conversations.signatures(request),
+    )
+    answers: list[Answer] = []
+    await respond(plan, answers.append, held)
+    if answers:
+        done = answers[0]
+        with trio.move_on_after(10, shield=True):
+            await conversations.remember(plan, 0, done.thread_id, done.turn_id, done.content)

@@ -361,7 +361,7 @@ def _history_item(message: _Message) -> dict[str, object]:
     return {"type": "message", "role": "user", "content": parts}
 
 
-def _dynamic_tools(data: dict[str, Any]) -> tuple[dict[str, object], ...]:
+def dynamic_tools(data: dict[str, Any]) -> tuple[dict[str, object], ...]:
     """The client's functions as codex dynamic tools (none with tool_choice "none")."""
     if data.get("tool_choice") == "none" or data.get("function_call") == "none":
         return ()
@@ -387,7 +387,7 @@ def _dynamic_tool(function: dict[str, Any]) -> dict[str, object]:
     }
 
 
-def _tools_signature(tools: tuple[dict[str, object], ...]) -> str:
+def tools_signature(tools: tuple[dict[str, object], ...]) -> str:
     """What identifies a tool set: a thread keeps the tools it started with."""
     return orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -560,9 +560,9 @@ def parse_chat_request(
         summary=summary,
     )
     turn, json_mode = _with_format(turn, data.get("response_format"))
-    tools = _dynamic_tools(data) if client_tools else ()
+    tools = dynamic_tools(data) if client_tools else ()
     results = _tool_results(messages) if client_tools else {}
-    signed_tools = (("tools", _tools_signature(tools)),) if tools else ()
+    signed_tools = (("tools", tools_signature(tools)),) if tools else ()
     stream = bool(data.get("stream"))
     return ChatRequest(
         model=model,

@@ -17,7 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import attrs
-import trio
 
 from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
 
@@ -40,6 +39,7 @@ from ..turns import (
     calls_complete,
     converse,
     ending,
+    go_on,
     run_attempts,
 )
 from .present import ChatOptions, ChatPresenter
@@ -115,23 +115,9 @@ class ChatCompletions(Door):
             self.conversations.one_at_a_time(key),
             answer.park.resume(chat.tool_results) as held,
         ):
-            first, index = held.context
-            # Remembered as this request's history (its calls and
-            # results included) once the turn completes.
-            plan = attrs.evolve(
-                first,
-                candidates=(first.candidates[index],),
-                signatures=self.conversations.signatures(chat),
+            await go_on(
+                self.conversations, held, chat, answer.stream if chat.stream else answer.whole
             )
-            answers: list[Answer] = []
-            respond = answer.stream if chat.stream else answer.whole
-            await respond(plan, answers.append, held)
-            if answers:
-                done = answers[0]
-                with trio.move_on_after(10, shield=True):
-                    await self.conversations.remember(
-                        plan, 0, done.thread_id, done.turn_id, done.content
-                    )
 
 
 @attrs.define

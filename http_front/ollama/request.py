@@ -18,7 +18,7 @@ import attrs
 from supervisor import TurnRequest
 
 from ..blocks import strip_bridge_markup
-from ..chat.request import _dynamic_tools, _tools_signature
+from ..chat.request import dynamic_tools, tools_signature
 from ..errors import bad_request
 from ..images import Image, ImageLimits, check_count, from_base64, input_image
 from ..schema import BodySchema, JsonSchema
@@ -462,9 +462,9 @@ def parse_chat(
         _history_item(role, text, pics) for role, text, pics in conversation[:-1] if text or pics
     )
     turn = _turn(data, prompt, "\n\n".join(instructions) or None, thinking, default_effort, summary)
-    tools = _dynamic_tools(data) if client_tools else ()
+    tools = dynamic_tools(data) if client_tools else ()
     # A thread keeps the tools it started with: another tool set, another thread.
-    signed_tools = (("tools", _tools_signature(tools)),) if tools else ()
+    signed_tools = (("tools", tools_signature(tools)),) if tools else ()
     return OllamaRequest(
         model,
         stream,

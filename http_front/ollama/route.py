@@ -54,6 +54,7 @@ from ..turns import (
     calls_complete,
     converse,
     ending,
+    go_on,
     run_attempts,
 )
 from .encode import (
@@ -361,23 +362,9 @@ class OllamaRoutes(Door):
             self.conversations.one_at_a_time(key),
             resume(answer.park, self.calls, key, returned) as held,
         ):
-            first, index = held.context
-            # Remembered as this request's history (its calls and results
-            # included) once the turn completes.
-            plan = attrs.evolve(
-                first,
-                candidates=(first.candidates[index],),
-                signatures=self.conversations.signatures(request),
+            await go_on(
+                self.conversations, held, request, answer.stream if request.stream else answer.whole
             )
-            answers: list[Answer] = []
-            respond = answer.stream if request.stream else answer.whole
-            await respond(plan, answers.append, held)
-            if answers:
-                done = answers[0]
-                with trio.move_on_after(10, shield=True):
-                    await self.conversations.remember(
-                        plan, 0, done.thread_id, done.turn_id, done.content
-                    )
 
 
 def _target(models: list[ModelInfo], alias: Alias) -> ModelInfo | None:
