@@ -53,6 +53,8 @@ test-tools:
 test: lint typecheck test-tools
 	$(BIN)/pytest
 
+# The bridge's throughput, latency, first byte and memory beside built-in
+# references, every door, and the real binary (4-6 minutes; README "Benchmarks").
 bench: install
 	$(BIN)/python -m bench.run
 

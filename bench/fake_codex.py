@@ -8,6 +8,8 @@ turn does depends on the turn's text:
 * ``flood N``: N agent-message deltas as fast as the pipe takes them.
 * ``tick N MS``: N deltas, one every MS milliseconds, each carrying its
   emission time (``time.time()``) so the client can compute the added latency.
+* ``instant``: one delta and the turn's end at once, right after the
+  answer to ``turn/start`` (the first byte's path, and many short turns).
 * ``hold``: one delta, then nothing until interrupted (open streams for
   memory measurements).
 """
@@ -21,6 +23,8 @@ from typing import Any
 
 lock = threading.Lock()
 out = sys.stdout.buffer
+#: Running turns by thread, forgotten when they end (a long run stays flat).
+turns: dict[str, tuple[str, threading.Event]] = {}
 
 
 def write(data: bytes) -> None:
@@ -74,6 +78,13 @@ def usage(thread_id: str, turn_id: str, output: int) -> bytes:
 
 
 def run_turn(thread_id: str, turn_id: str, text: str, stop: threading.Event) -> None:
+    try:
+        emit(thread_id, turn_id, text, stop)
+    finally:
+        turns.pop(thread_id, None)
+
+
+def emit(thread_id: str, turn_id: str, text: str, stop: threading.Event) -> None:
     words = text.split()
     kind = words[0] if words else "flood"
     if kind == "flood":
@@ -94,13 +105,18 @@ def run_turn(thread_id: str, turn_id: str, text: str, stop: threading.Event) -> 
                 return
             write(delta(thread_id, turn_id, f"{time.time():.6f} "))
         write(usage(thread_id, turn_id, count) + completed(thread_id, turn_id))
+    elif kind == "instant":
+        write(
+            delta(thread_id, turn_id, "instant ")
+            + usage(thread_id, turn_id, 1)
+            + completed(thread_id, turn_id)
+        )
     else:  # hold
         write(delta(thread_id, turn_id, "held "))
         stop.wait()
 
 
 def main() -> None:
-    turns: dict[str, tuple[str, threading.Event]] = {}
     for raw in sys.stdin:
         msg = json.loads(raw)
         method, request_id = msg.get("method"), msg.get("id")
@@ -125,19 +141,24 @@ def main() -> None:
         elif method == "turn/start":
             thread_id, turn_id = params["threadId"], uuid.uuid4().hex
             stop = threading.Event()
-            turns[thread_id] = (turn_id, stop)
             write(line({"id": request_id, "result": {"turn": {"id": turn_id}}}))
             text = params["input"][0]["text"]
+            if text == "instant":  # no thread of its own: answered in line
+                emit(thread_id, turn_id, text, stop)
+                continue
+            turns[thread_id] = (turn_id, stop)
             threading.Thread(
                 target=run_turn, args=(thread_id, turn_id, text, stop), daemon=True
             ).start()
         elif method == "turn/interrupt":
-            turn_id, stop = turns[params["threadId"]]
+            running = turns.pop(params["threadId"], None)
+            answer = line({"id": request_id, "result": {}})
+            if running is None:  # it has just ended
+                write(answer)
+                continue
+            turn_id, stop = running
             stop.set()
-            write(
-                line({"id": request_id, "result": {}})
-                + completed(params["threadId"], turn_id, "interrupted")
-            )
+            write(answer + completed(params["threadId"], turn_id, "interrupted"))
         elif request_id is not None:
             write(line({"id": request_id, "result": {}}))
 
