@@ -101,12 +101,41 @@ def _reap(pid: int) -> bool:
     return reaped == pid
 
 
+def _own_children() -> list[int] | None:
+    """Our children (re-parented orphans included), from each of our
+    threads' ``children`` file; None where the kernel has none."""
+    try:
+        return [
+            int(pid)
+            for task in os.listdir("/proc/self/task")
+            for pid in Path(f"/proc/self/task/{task}/children").read_text().split()
+        ]
+    except (OSError, ValueError):
+        return None
+
+
+def _state(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split(maxsplit=1)[0]
+
+
 def reap_orphans() -> list[int]:
-    """Reap zombies re-parented to us (not the pool's own children)."""
-    me = os.getpid()
+    """Reap zombies re-parented to us (not the pool's own children).
+
+    It runs every second on the event loop: it reads the stat of our own
+    children only, not of every process of the machine (milliseconds on a
+    busy host, felt by every open stream), unless the kernel cannot list them.
+    """
+    children = _own_children()
+    if children is None:
+        me = os.getpid()
+        children = [pid for pid, proc in process_table().items() if proc.ppid == me]
     reaped = []
-    for pid, proc in process_table().items():
-        if proc.ppid == me and proc.state == "Z" and pid not in MANAGED_PIDS and _reap(pid):
+    for pid in children:
+        if pid not in MANAGED_PIDS and _state(pid) == "Z" and _reap(pid):
             reaped.append(pid)
     return reaped
 
