@@ -164,7 +164,9 @@ class Conversations:
             # A directory of its own, removed afterwards: what its commands
             # write goes nowhere else, and no other request can see it.
             scratch = self.workspace_root / "scratch" / uuid.uuid4().hex
-            await trio.Path(scratch).mkdir(parents=True)
+            # A local mkdir takes microseconds; a worker thread's round trip
+            # would cost more than the call, on every request's first byte.
+            scratch.mkdir(parents=True)
             request = attrs.evolve(turn, cwd=str(scratch))
             if kind is RequestKind.TASK:
                 model = self.task_model or turn.model
@@ -174,7 +176,7 @@ class Conversations:
             return Plan(kind, (Candidate(request, before),), scratch=scratch)
         assert self.store is not None
         cwd = self.workspace_root / "conversations" / workspace_name(key)
-        await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(parents=True, exist_ok=True)
         messages = chat.messages
         signatures = self.signatures(chat)
         fresh = Candidate(
