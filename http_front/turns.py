@@ -34,7 +34,7 @@ from .errors import ApiError, refusal_error, turn_error
 from .images import write as write_images
 from .pieces import Usage
 from .structured import with_json_mode
-from .tool_park import Held
+from .tool_park import Held, ToolPark
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,35 @@ async def _prepared(plan: Plan, request: Conversational) -> Plan:
             turn = with_json_mode(turn)
         candidates.append(attrs.evolve(candidate, request=turn))
     return attrs.evolve(plan, candidates=tuple(candidates))
+
+
+async def run_turn(
+    supervisor: Supervisor,
+    park: ToolPark | None,
+    plan: Plan,
+    consume: Consume,
+    resumed: Held | None = None,
+) -> Attempt:
+    """Run the plan's turn through ``consume``, or go on with a resumed one.
+
+    A turn that may call the client's functions (``park`` given) is opened
+    in the park, where it can outlive this request; a resumed one is parked
+    again, if it calls again, as soon as it stops — before the answer's last
+    bytes go out, so the client's next request finds it waiting.
+    """
+    if resumed is not None:
+        assert park is not None
+        async with park.leaving(resumed):
+            await consume(resumed.turn)
+        return Attempt(resumed.turn, 0)
+    if park is None:
+        return await run_attempts(supervisor, plan.requests, consume)
+    requests = plan.requests
+
+    def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
+        return park.open_turn(request, (plan, requests.index(request)))
+
+    return await run_attempts(supervisor, requests, consume, opener)
 
 
 #: Writes the rest of a resumed turn as the request's answer (see

@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import attrs
 
-from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
+from supervisor import Supervisor, Turn, TurnEnded
 
 from .. import telemetry
 from ..conversation.manager import Conversations, Plan
@@ -40,7 +39,7 @@ from ..turns import (
     converse,
     ending,
     go_on,
-    run_attempts,
+    run_turn,
 )
 from .present import ChatOptions, ChatPresenter
 from .request import CHAT_BODY, ChatRequest, parse_body, parse_chat_request
@@ -135,23 +134,7 @@ class _Answer:
     completion_id: str = attrs.Factory(lambda: "chatcmpl-" + uuid.uuid4().hex)
 
     async def _run(self, plan: Plan, consume: Consume, resumed: Held | None) -> Attempt:
-        """Run the plan's turn through ``consume`` (or go on with a resumed
-        one); a turn that may call the client's functions is opened in the
-        park, where it can outlive this request."""
-        park = self.park
-        if resumed is not None:
-            assert park is not None
-            async with park.leaving(resumed):  # parked again before the answer is written
-                await consume(resumed.turn)
-            return Attempt(resumed.turn, 0)
-        if park is None:
-            return await run_attempts(self.supervisor, plan.requests, consume)
-        requests = plan.requests
-
-        def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
-            return park.open_turn(request, (plan, requests.index(request)))
-
-        return await run_attempts(self.supervisor, requests, consume, opener)
+        return await run_turn(self.supervisor, self.park, plan, consume, resumed)
 
     def _wait_for_calls(self, plan: Plan, turn: Turn, presenter: ChatPresenter) -> bool:
         """Whether the answer ends with the client's function calls: then

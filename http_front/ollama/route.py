@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -28,7 +27,7 @@ import attrs
 import trio
 
 from bridge.protocol import ModelInfo, TokenCounts
-from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
+from supervisor import Supervisor, Turn, TurnEnded
 
 from .. import telemetry
 from ..chat.present import ChatOptions, ReasoningFormat
@@ -55,7 +54,7 @@ from ..turns import (
     converse,
     ending,
     go_on,
-    run_attempts,
+    run_turn,
 )
 from .encode import (
     NDJSON_HEADERS,
@@ -410,25 +409,7 @@ class _Answer:
         return self.encoder.final(timestamp(), done_reason.value, stats, **whole)
 
     async def _run(self, plan: Plan, consume: Consume, resumed: Held | None) -> Attempt:
-        """Run the plan's turn through ``consume`` (or go on with a resumed
-        one); a turn that may call the client's functions is opened in the
-        park, where it can outlive this request."""
-        park = self.park
-        if resumed is not None:
-            assert park is not None
-            # Parked again (or let go) before the answer goes out: the
-            # client's next request may come as soon as it has read it.
-            async with park.leaving(resumed):
-                await consume(resumed.turn)
-            return Attempt(resumed.turn, 0)
-        if park is None:
-            return await run_attempts(self.supervisor, plan.requests, consume)
-        requests = plan.requests
-
-        def opener(request: TurnRequest) -> AbstractAsyncContextManager[Turn]:
-            return park.open_turn(request, (plan, requests.index(request)))
-
-        return await run_attempts(self.supervisor, requests, consume, opener)
+        return await run_turn(self.supervisor, self.park, plan, consume, resumed)
 
     def _wait_for_calls(self, plan: Plan, turn: Turn, presenter: OllamaPresenter) -> bool:
         """Whether the answer ends with the client's function calls: then
