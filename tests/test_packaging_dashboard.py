@@ -379,9 +379,11 @@ async def test_metrics_after_a_short_mixed_run(tmp_path: Path) -> None:
             }
             while True:
                 scraped = await scrape(client, **admin)
+                # Each request is counted just after its last byte: wait for all.
+                ok = value(scraped, "codex_bridge_requests_total", route=chat_route, status="200")
                 done = value(scraped, "codex_bridge_requests_total", route=chat_route, status="401")
                 idle = value(scraped, "codex_bridge_children", state="idle")
-                if done == 1 and idle == POOL_SIZE:
+                if ok == 2 and done == 1 and idle == POOL_SIZE:
                     break
                 await trio.sleep(0.02)
     first, second, unauthorized = answers
