@@ -132,8 +132,9 @@ _RESPONSE_FORMAT: JsonSchema = {
 }
 
 #: The chat-completions request body.
-#: A client function: codex offers it to the model as a dynamic tool.
-_FUNCTION = {
+#: A client function: codex offers it to the model as a dynamic tool
+#: (:func:`dynamic_tools`, which the Ollama door uses too).
+FUNCTION_SCHEMA = {
     "type": "object",
     "required": ["name"],
     "properties": {
@@ -200,7 +201,7 @@ CHAT_BODY = BodySchema(
                     "type": "object",
                     "properties": {
                         "type": {"type": "string"},
-                        "function": _FUNCTION,
+                        "function": FUNCTION_SCHEMA,
                     },
                 },
                 "description": "Accepted and ignored while tool_choice leaves the choice to the "
@@ -220,7 +221,7 @@ CHAT_BODY = BodySchema(
             },
             "functions": {
                 "type": ["array", "null"],
-                "items": _FUNCTION,
+                "items": FUNCTION_SCHEMA,
                 "description": "Deprecated form of tools; treated the same way.",
             },
             "function_call": {

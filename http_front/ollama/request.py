@@ -18,7 +18,7 @@ import attrs
 from supervisor import TurnRequest
 
 from ..blocks import strip_bridge_markup
-from ..chat.request import dynamic_tools, tools_signature
+from ..chat.request import FUNCTION_SCHEMA, dynamic_tools, tools_signature
 from ..errors import bad_request
 from ..images import Image, ImageLimits, check_count, from_base64, input_image
 from ..schema import BodySchema, JsonSchema
@@ -166,15 +166,7 @@ CHAT_BODY = BodySchema(
                     "type": "object",
                     "properties": {
                         "type": {"type": "string"},
-                        "function": {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1},
-                                "description": _STRING_OR_NULL,
-                                "parameters": {"type": ["object", "null"]},
-                            },
-                        },
+                        "function": FUNCTION_SCHEMA,
                     },
                 },
                 "description": "The client's functions: the model may call them (codex "
