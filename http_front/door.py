@@ -27,6 +27,10 @@ class Door:
         self.options = options
         self.limits = limits
         self.park = park
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """A door's own state, made once it is built."""
 
     @property
     def client_tools(self) -> ToolPark | None:

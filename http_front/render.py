@@ -131,10 +131,18 @@ class TurnRenderer:
         #: Client function calls codex has begun (their items started) but
         #: not yet asked the client for: more calls of the same step coming.
         self.calls_awaited = 0
+        #: Client function calls shown so far.
+        self.calls_made = 0
 
     def feed(self, event: Any) -> list[Piece]:
         """The pieces ``event`` (a turn event or :class:`TurnEnded`) shows."""
         return _EVENT_HANDLERS[type(event)](self, event)
+
+    @property
+    def calls_in(self) -> bool:
+        """Client function calls were made and none more is known to be
+        coming (one may still be: see :func:`http_front.turns.calls_complete`)."""
+        return self.calls_made > 0 and self.calls_awaited == 0
 
     def _running_item(self, item_id: str) -> _Running:
         running = self._running.get(item_id)
@@ -251,6 +259,7 @@ class TurnRenderer:
     def _client_call(self, event: ClientToolCall) -> list[Piece]:
         self._agent.tool_ran()
         self.calls_awaited = max(0, self.calls_awaited - 1)
+        self.calls_made += 1
         arguments = event.arguments
         text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
         return [ClientCall(event.call_id, event.tool, text)]

@@ -111,11 +111,11 @@ def _refused(record: telemetry.RequestRecord | None, attempt: Attempt) -> Attemp
 CALL_GRACE_S = 0.1
 
 
-async def calls_complete(turn: Turn, waiting: bool) -> bool:
-    """Whether the answer ends here with the client's calls: ``waiting``
-    (some were made and none more is known to be coming) and codex says
-    nothing more for :data:`CALL_GRACE_S`."""
-    return waiting and await turn.quiet_for(CALL_GRACE_S)
+async def calls_complete(turn: Turn) -> bool:
+    """Whether the client's calls made so far (none more known to be
+    coming) are the whole step: codex says nothing more for
+    :data:`CALL_GRACE_S`."""
+    return await turn.quiet_for(CALL_GRACE_S)
 
 
 class FinishReason(enum.StrEnum):

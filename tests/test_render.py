@@ -337,13 +337,16 @@ def test_a_client_function_call_is_a_call_not_a_card() -> None:
     assert r.feed(started({"id": "d1", "type": "dynamicToolCall", "tool": "lookup"})) == []
     assert r.feed(started({"id": "d2", "type": "dynamicToolCall", "tool": "time"})) == []
     assert r.calls_awaited == 2  # both calls of the step are coming
+    assert not r.calls_in
     first = ClientToolCall("turn-1", "call_1", "lookup", {"id": 7})
     assert r.feed(first) == [ClientCall("call_1", "lookup", '{"id":7}')]
     assert r.calls_awaited == 1
+    assert not r.calls_in  # the second is still coming
     assert r.feed(ClientToolCall("turn-1", "call_2", "time", "{}")) == [
         ClientCall("call_2", "time", "{}")
     ]
     assert r.calls_awaited == 0
+    assert r.calls_in
     contents = [{"type": "inputText", "text": "found"}]
     done = {"id": "d1", "type": "dynamicToolCall", "tool": "lookup", "contentItems": contents}
     assert r.feed(completed(done)) == []

@@ -215,7 +215,7 @@ class _Answer:
                         completion.add(delta)
                 if stop is not None and stop.stopped:
                     break  # leaving the turn interrupts it
-                if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+                if renderer.calls_in and await calls_complete(turn):
                     break  # every call of this step is in: the turn waits
             else:
                 for piece in stop.end() if stop is not None else ():
@@ -271,7 +271,7 @@ async def _pump(
             await out.send(b"".join(frames))
         if ended or (stop is not None and stop.stopped):
             return  # (leaving a turn at a stop sequence interrupts it)
-        if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+        if renderer.calls_in and await calls_complete(turn):
             return  # every call of this step is in: the turn waits for results
 
 

@@ -37,10 +37,9 @@ from ..conversation.manager import Conversations, Plan
 from ..door import Door
 from ..errors import ApiError
 from ..models import Alias, catalog, model_turn
-from ..options import FrontOptions
 from ..pieces import Usage
 from ..render import TurnRenderer
-from ..response import BodyLimits, EventStream, Exchange, open_event_stream
+from ..response import EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
 from ..tool_park import Held, ToolPark
 from ..turns import (
@@ -140,15 +139,7 @@ class Resolved:
 
 
 class OllamaRoutes(Door):
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        conversations: Conversations,
-        options: FrontOptions,
-        limits: BodyLimits,
-        park: ToolPark | None = None,
-    ) -> None:
-        super().__init__(supervisor, conversations, options, limits, park)
+    def _prepare(self) -> None:
         self.started_at = timestamp()
         #: Parked calls, for clients that send no call ids back.
         self.calls = CallBook()
@@ -485,7 +476,7 @@ class _Answer:
                 for piece in renderer.feed(event):
                     for delta in presenter.present(piece):
                         gathered.add(delta)
-                if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+                if renderer.calls_in and await calls_complete(turn):
                     break  # every call of this step is in: the turn waits
             calls = self._wait_for_calls(plan, turn, presenter)
             return presenter.shown > 0
@@ -538,7 +529,7 @@ async def _pump(
             await out.send(b"".join(lines))
         if isinstance(event, TurnEnded):
             return
-        if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+        if renderer.calls_in and await calls_complete(turn):
             return  # every call of this step is in: the turn waits for results
 
 

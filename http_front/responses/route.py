@@ -34,20 +34,18 @@ import attrs
 import trio
 
 from bridge.protocol import TurnEvent
-from supervisor import Supervisor, Turn, TurnEnded, TurnRequest
+from supervisor import Turn, TurnEnded, TurnRequest
 
 from .. import telemetry
 from ..chat.request import parse_body
 from ..conversation.identity import workspace_name
-from ..conversation.manager import Conversations
 from ..conversation.store import ConversationStore, MemoryStore, ResponseRecord
 from ..door import Door
 from ..errors import ApiError, bad_request
 from ..images import write as write_images
 from ..models import model_turn
-from ..options import FrontOptions
 from ..render import TurnRenderer
-from ..response import SSE_KEEPALIVE, BodyLimits, EventStream, Exchange, open_event_stream
+from ..response import SSE_KEEPALIVE, EventStream, Exchange, open_event_stream
 from ..schema import JsonSchema, Operation
 from ..tool_park import Held, ToolPark
 from ..turns import Attempt, Consume, calls_complete, ending, run_attempts
@@ -101,15 +99,7 @@ def _thread_tools(record: ResponseRecord) -> tuple[dict[str, object], ...]:
 
 
 class Responses(Door):
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        conversations: Conversations,
-        options: FrontOptions,
-        limits: BodyLimits,
-        park: ToolPark | None = None,
-    ) -> None:
-        super().__init__(supervisor, conversations, options, limits, park)
+    def _prepare(self) -> None:
         self._memory: MemoryStore | None = None
 
     @property
@@ -429,7 +419,7 @@ class _Answer:
             nonlocal presenter, calls
             presenter = self._presenter(turn)  # a new attempt starts from nothing
             renderer = TurnRenderer()
-            while (event := await _next_event(turn, renderer, presenter)) is not None:
+            while (event := await _next_event(turn, renderer)) is not None:
                 for piece in renderer.feed(event):
                     presenter.present(piece)
             calls = self._wait_for_calls(chain, turn, presenter)
@@ -488,7 +478,7 @@ async def _pump(
     present = presenter.present
     encode = encoder.encode
     while True:
-        event = await _next_event(turn, renderer, presenter)
+        event = await _next_event(turn, renderer)
         if event is None:
             return
         frames: list[bytes] = []
@@ -502,14 +492,12 @@ async def _pump(
             return
 
 
-async def _next_event(
-    turn: Turn, renderer: TurnRenderer, presenter: ResponsePresenter
-) -> TurnEvent | TurnEnded | None:
+async def _next_event(turn: Turn, renderer: TurnRenderer) -> TurnEvent | TurnEnded | None:
     """The turn's next event; None after its end, or once the model's calls
     of the client's functions are in: codex asks for each call as soon as the
     model has written it, so a moment's quiet is what says no other call of
     the step follows (then the turn waits for their results)."""
-    if await calls_complete(turn, bool(presenter.calls) and not renderer.calls_awaited):
+    if renderer.calls_in and await calls_complete(turn):
         return None
     return await turn.next_event()
 
