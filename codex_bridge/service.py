@@ -27,7 +27,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from http_front import hypercorn_errors
+from http_front import hypercorn_errors, hypercorn_send
 from http_front.access import AccessPolicy
 from http_front.app import BridgeApp
 from http_front.chat.present import ReasoningFormat
@@ -280,6 +280,7 @@ async def run_service(
         park=park,
     )
     hypercorn_errors.install()  # JSON bodies for Hypercorn's own 400/408/431 answers
+    hypercorn_send.install()  # a chunk the socket takes at once costs no scheduler trip
     config = HypercornConfig()
     config.bind = [_bind(settings.host, settings.port)]
     config.h11_max_incomplete_size = settings.http_max_header_bytes

@@ -1,0 +1,102 @@
+"""Hypercorn's writes to a connection, without a trip through the scheduler
+when the socket takes the bytes at once.
+
+Every chunk of a streamed response reaches the socket through
+``hypercorn.trio.tcp_server.TCPServer.protocol_send``, which takes the
+connection's send lock, opens a shielded cancel scope and calls
+``SocketStream.send_all``. Each of those yields to Trio's scheduler: two
+trips for every delta a client sees. With dozens of streams that is most of
+the bridge's time per delta and what a delta waits behind (``make bench``).
+
+:func:`install` wraps the method: when nobody holds the send lock (no other
+write is under way, so none can be overtaken) and the connection is a plain
+TCP stream, the bytes go to the non-blocking socket directly. Whatever the
+socket does not take at once, and any error, goes down Hypercorn's own path
+(lock, ``send_all``, its handling of a closed peer), so back-pressure,
+ordering and disconnects behave exactly as before. A task that writes
+this way does not yield; the stream's task still does, whenever it waits
+for the next event.
+
+Like :mod:`http_front.hypercorn_errors`, this leans on Hypercorn's
+internals and checks them first (:class:`HypercornChanged`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.events import Event, RawData
+from hypercorn.trio.tcp_server import TCPServer
+
+from .hypercorn_errors import HypercornChanged
+
+_METHOD = "protocol_send"
+_Send = Callable[[TCPServer, Event], Awaitable[None]]
+
+
+def _written_at_once(server: TCPServer, data: bytes) -> int:
+    """How much of ``data`` the socket took without blocking (0 when it
+    would block or cannot be written here: Hypercorn's path then decides)."""
+    stream = server.stream
+    if not isinstance(stream, trio.SocketStream) or server.send_lock.locked():
+        return 0
+    fd = stream.socket.fileno()  # -1 once closed: never a stale descriptor
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except OSError:  # would block, or the peer is gone: Hypercorn's path tells
+        return 0
+
+
+def _direct_first(original: _Send) -> Any:
+    async def protocol_send(self: TCPServer, event: Event) -> None:
+        """Hypercorn's send, writing straight to the socket when it can."""
+        if type(event) is RawData and event.data:
+            data = event.data
+            written = _written_at_once(self, data)
+            if written == len(data):
+                return
+            if written:
+                event = RawData(data=data[written:])
+        await original(self, event)
+
+    protocol_send.replaces = original  # type: ignore[attr-defined]
+    return protocol_send
+
+
+def _check(current: Any) -> None:
+    problems: list[str] = []
+    if not inspect.iscoroutinefunction(current) or list(
+        inspect.signature(current).parameters
+    ) != ["self", "event"]:
+        problems.append(f"TCPServer.{_METHOD} is not a coroutine method of (self, event)")
+    try:
+        source = inspect.getsource(current)
+    except (OSError, TypeError):
+        source = ""
+    for needle in ("self.send_lock", "self.stream.send_all(event.data)", "RawData"):
+        if needle not in source:
+            problems.append(f"TCPServer.{_METHOD} no longer uses {needle}")
+    if problems:
+        raise HypercornChanged(
+            "cannot write to connections directly: "
+            + "; ".join(problems)
+            + " (see http_front/hypercorn_send.py)"
+        )
+
+
+def install() -> None:
+    """Make Hypercorn write to a plain TCP connection without yielding when
+    the socket takes the bytes at once. Process-wide and idempotent; raises
+    :class:`HypercornChanged` if Hypercorn's internals are not as expected."""
+    current = getattr(TCPServer, _METHOD, None)
+    if current is None:
+        raise HypercornChanged(f"TCPServer has no {_METHOD} to wrap")
+    if not hasattr(current, "replaces"):
+        _check(current)
+        setattr(TCPServer, _METHOD, _direct_first(current))
