@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -78,6 +79,24 @@ class _Pending:
         self.done = trio.Event()
         self.outcome: Response | ErrorResponse | PeerClosed | None = None
         self.sent_at = trio.current_time()
+
+
+#: How long the rest of a line half written to the child may take.
+_REST_OF_LINE_TIMEOUT_S = 30.0
+
+
+def _written_at_once(stream: trio.abc.SendStream, data: bytes) -> int:
+    """How much of ``data`` a pipe to the child took without blocking; 0 if
+    none, or if it is not a pipe (``send_all`` then does it all)."""
+    if not isinstance(stream, trio.lowlevel.FdStream):
+        return 0
+    fd = stream.fileno()  # -1 once closed: never a stale descriptor
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except OSError:  # full, or the child is gone: send_all says which
+        return 0
 
 
 async def _refuse_all(request: ServerRequest) -> Any:
@@ -224,14 +243,32 @@ class JsonRpcPeer:
     async def _write(self, data: bytes) -> None:
         if self._closed_reason is not None:
             raise PeerClosed(f"{self.name}: {self._closed_reason}")
-        async with self._write_lock:
-            try:
-                await self._send_stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.close("stdin of the child is closed")
-                raise PeerClosed(f"{self.name}: cannot write, stdin is closed") from exc
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # A line the pipe takes at once is written without a trip through the
+        # scheduler (two per call otherwise, on every turn's set-up path).
+        written = 0 if self._write_lock.locked() else _written_at_once(self._send_stream, data)
+        if written == 0:
+            async with self._write_lock:
+                await self._send_all(data)
+        elif written < len(data):
+            # Half a line is out: the rest must follow before anything else,
+            # whatever happens to the caller, or the child's input is garbage.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _REST_OF_LINE_TIMEOUT_S
+                async with self._write_lock:
+                    await self._send_all(data[written:])
+            if scope.cancelled_caught:
+                self.close("stdin of the child stopped taking a line halfway")
+                raise PeerClosed(f"{self.name}: stdin of the child is blocked")
         if self._tap is not None:
             self._tap("out", data.rstrip(b"\n"))
+
+    async def _send_all(self, data: bytes) -> None:
+        try:
+            await self._send_stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.close("stdin of the child is closed")
+            raise PeerClosed(f"{self.name}: cannot write, stdin is closed") from exc
 
     async def request(
         self, method: str, params: JsonObject | None = None, *, timeout_s: float = math.inf

@@ -403,3 +403,42 @@ def test_log_limiter_lets_a_burst_through_per_window(caplog: pytest.LogCaptureFi
         "3 more line(s) like the above were not logged in the last 10s",
         "line 5",
     ]
+
+
+_LENGTH_CHILD = r"""
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    print(json.dumps({"id": msg["id"], "result": len(msg["params"]["pad"])}), flush=True)
+"""
+
+
+async def test_lines_larger_than_the_pipe_reach_a_real_child_whole() -> None:
+    """A write the pipe takes only in part (its buffer is 64 KiB) goes on
+    from where it stopped, before any other line: concurrent requests of
+    lines far larger than the buffer all arrive intact."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-u", "-c", _LENGTH_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    peer = JsonRpcPeer(process.stdin, process.stdout, name="lengths")
+    sizes = [1, 70_000, 1_000_000, 3, 300_000, 65_536, 2_000_000, 10]
+    results: dict[int, int] = {}
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(peer.run)
+
+                async def ask(size: int) -> None:
+                    results[size] = await peer.request("len", {"pad": "y" * size})
+
+                async with trio.open_nursery() as asking:
+                    for size in sizes:
+                        asking.start_soon(ask, size)
+                nursery.cancel_scope.cancel()
+        assert results == {size: size for size in sizes}
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
