@@ -308,6 +308,7 @@ async def run_service(
             nursery.start_soon(OrphanReaper().run)
         await nursery.start(supervisor.run)
         await nursery.start(park.run)
+        await nursery.start(conversations.run)
         health = supervisor.health()
         if supervisor.auth_problem is None:
             log.info("pool up: %d of %d children ready", health.children_ready, health.children)

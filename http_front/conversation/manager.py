@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +34,7 @@ from .identity import (
     signature,
     workspace_name,
 )
+from .scratch import ScratchDirs
 from .store import ConversationStore, Record
 
 log = logging.getLogger(__name__)
@@ -107,6 +106,8 @@ class Conversations:
         self.wait_timeout_s = wait_timeout_s
         self.task_model = task_model
         self._turns = KeyedLocks()
+        #: Directories of the requests that keep nothing.
+        self.scratch = ScratchDirs(self.workspace_root / "scratch")
 
     def classify(
         self, headers: Sequence[tuple[bytes, bytes]], body: dict[str, Any]
@@ -163,10 +164,7 @@ class Conversations:
         if kind is RequestKind.TASK or kind is RequestKind.STATELESS or key is None:
             # A directory of its own, removed afterwards: what its commands
             # write goes nowhere else, and no other request can see it.
-            scratch = self.workspace_root / "scratch" / uuid.uuid4().hex
-            # A local mkdir takes microseconds; a worker thread's round trip
-            # would cost more than the call, on every request's first byte.
-            scratch.mkdir(parents=True)
+            scratch = self.scratch.take()
             request = attrs.evolve(turn, cwd=str(scratch))
             if kind is RequestKind.TASK:
                 model = self.task_model or turn.model
@@ -257,4 +255,9 @@ class Conversations:
 
     async def finish(self, plan: Plan) -> None:
         if plan.scratch is not None:
-            await trio.to_thread.run_sync(shutil.rmtree, plan.scratch, True)
+            await self.scratch.give_back(plan.scratch)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background upkeep (scratch directories made ahead, removed in
+        batches), until cancelled."""
+        await self.scratch.run(task_status=task_status)

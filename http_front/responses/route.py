@@ -21,9 +21,7 @@ history — resumes that turn and is answered with the rest of it.
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -79,11 +77,6 @@ class _Chain:
     chain: str | None  # None: a one-off (store=false, nothing continued)
     cwd: Path
     instructions: str | None
-
-
-async def _remove(cwd: Path) -> None:
-    with trio.move_on_after(10, shield=True):
-        await trio.to_thread.run_sync(shutil.rmtree, cwd, True)
 
 
 def _calls_of(record: ResponseRecord) -> list[str]:
@@ -176,7 +169,7 @@ class Responses(Door):
                         lives_on = await (answer.stream if request.stream else answer.whole)(chain)
                     finally:
                         if chain.chain is None and not lives_on:  # else the park removes it
-                            await _remove(chain.cwd)
+                            await self.conversations.scratch.give_back(chain.cwd)
             except ApiError as exc:  # raised before any response was started
                 await exchange.answer_error(exc)
 
@@ -198,12 +191,12 @@ class Responses(Door):
         root = Path(self.conversations.workspace_root)
         if previous is None and not request.store:
             # Nothing will be kept: a directory of its own, removed afterwards.
-            cwd = root / "scratch" / uuid.uuid4().hex
+            cwd = self.conversations.scratch.take()
             chain: str | None = None
         else:
             cwd = root / "responses" / workspace_name(chain_id)
             chain = chain_id
-        await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
+            await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
         paths, urls = await write_images(request.images, str(cwd))
         turn = attrs.evolve(
             turn, cwd=str(cwd), local_images=paths, image_urls=urls, ephemeral=chain is None
@@ -360,7 +353,7 @@ class _Answer:
             return False
         cleanup: Callable[[], Awaitable[None]] | None = None
         if chain is not None and chain.chain is None and self.resuming is None:
-            cleanup = partial(_remove, chain.cwd)
+            cleanup = partial(self.door.conversations.scratch.give_back, chain.cwd)
         self.park.wait_for(turn, presenter.calls, cleanup)
         return True
 
