@@ -17,15 +17,22 @@ ordering and disconnects behave exactly as before. A task that writes
 this way does not yield; the stream's task still does, whenever it waits
 for the next event.
 
+Hypercorn also writes a response's head on its own, then each body chunk:
+two socket calls for a small answer or a stream's first bytes, where one
+would do. Within :func:`writes_together` a task's writes to its connection
+are held and go out as one when the block ends.
+
 Like :mod:`http_front.hypercorn_errors`, this leans on Hypercorn's
 internals and checks them first (:class:`HypercornChanged`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -36,6 +43,8 @@ from .hypercorn_errors import HypercornChanged
 
 _METHOD = "protocol_send"
 _Send = Callable[[TCPServer, Event], Awaitable[None]]
+#: Hypercorn's own ``protocol_send``, once :func:`install` has wrapped it.
+_hypercorns: _Send | None = None
 
 
 def _written_at_once(server: TCPServer, data: bytes) -> int:
@@ -53,16 +62,65 @@ def _written_at_once(server: TCPServer, data: bytes) -> int:
         return 0
 
 
+class _Held:
+    """What a :func:`writes_together` block wrote, not sent yet."""
+
+    __slots__ = ("data", "server")
+
+    def __init__(self) -> None:
+        self.server: TCPServer | None = None
+        self.data: list[bytes] = []
+
+
+_held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("held_writes", default=None)
+
+
+@contextlib.asynccontextmanager
+async def writes_together() -> AsyncIterator[None]:
+    """What the block writes to its connection goes out as one write when it
+    ends: a response's head with its first bytes (or all of a small answer),
+    instead of a socket call for each. The block must send and nothing else
+    (it must not wait for the client, say): its writes are held until then.
+    """
+    held = _Held()
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        await _release(held)
+
+
+async def _release(held: _Held) -> None:
+    server, held.server = held.server, None
+    data = b"".join(held.data)
+    held.data.clear()
+    if server is not None and data:
+        await _send(server, data)
+
+
+async def _send(server: TCPServer, data: bytes) -> None:
+    """``data`` to the socket at once if it takes it, else Hypercorn's way."""
+    written = _written_at_once(server, data)
+    if written < len(data):
+        assert _hypercorns is not None, "install() first"
+        await _hypercorns(server, RawData(data=data[written:]))
+
+
 def _direct_first(original: _Send) -> Any:
     async def protocol_send(self: TCPServer, event: Event) -> None:
         """Hypercorn's send, writing straight to the socket when it can."""
-        if type(event) is RawData and event.data:
-            data = event.data
-            written = _written_at_once(self, data)
-            if written == len(data):
+        held = _held.get()
+        if held is not None and held.server in (None, self):
+            if type(event) is RawData:
+                held.server = self
+                held.data.append(event.data)
                 return
-            if written:
-                event = RawData(data=data[written:])
+            await _release(held)  # whatever comes next follows what was written
+        if type(event) is RawData:
+            if event.data:  # (h11 frames the end of a sized body as no bytes)
+                await _send(self, event.data)
+            return
         await original(self, event)
 
     protocol_send.replaces = original  # type: ignore[attr-defined]
@@ -71,9 +129,10 @@ def _direct_first(original: _Send) -> Any:
 
 def _check(current: Any) -> None:
     problems: list[str] = []
-    if not inspect.iscoroutinefunction(current) or list(
-        inspect.signature(current).parameters
-    ) != ["self", "event"]:
+    if not inspect.iscoroutinefunction(current) or list(inspect.signature(current).parameters) != [
+        "self",
+        "event",
+    ]:
         problems.append(f"TCPServer.{_METHOD} is not a coroutine method of (self, event)")
     try:
         source = inspect.getsource(current)
@@ -99,4 +158,6 @@ def install() -> None:
         raise HypercornChanged(f"TCPServer has no {_METHOD} to wrap")
     if not hasattr(current, "replaces"):
         _check(current)
+        global _hypercorns
+        _hypercorns = current
         setattr(TCPServer, _METHOD, _direct_first(current))

@@ -18,6 +18,7 @@ import trio
 from . import telemetry
 from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
+from .hypercorn_send import writes_together
 
 #: An SSE comment: keeps proxies and clients from timing out a silent stream.
 SSE_KEEPALIVE = b": keepalive\n\n"
@@ -158,7 +159,8 @@ class Exchange:
     async def answer_json(
         self, status: int, body: object, headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> None:
-        await send_json(self._send, status, body, headers)
+        async with writes_together():
+            await send_json(self._send, status, body, headers)
 
     async def answer_bytes(
         self,
@@ -167,18 +169,19 @@ class Exchange:
         content_type: bytes,
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        async with writes_together():
+            await self._send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        *headers,
+                    ],
+                }
+            )
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def answer_error(self, error: ApiError) -> None:
         telemetry.note_error(error)
@@ -190,8 +193,11 @@ class Exchange:
         await self.answer_json(error.status, error.encode(), headers)
 
     async def answer_empty(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        await self._send({"type": "http.response.start", "status": status, "headers": [*headers]})
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        async with writes_together():
+            await self._send(
+                {"type": "http.response.start", "status": status, "headers": [*headers]}
+            )
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- streams ---------------------------------------------------------------------
 
@@ -229,8 +235,9 @@ class EventStream:
         """Send the response's head and its first frames; keepalive begins."""
         assert not self.started
         self.started = True
-        await self._exchange._start(self._headers)
-        await self.send(first)
+        async with writes_together():  # the head and the first frames in one write
+            await self._exchange._start(self._headers)
+            await self.send(first)
         self._nursery.start_soon(self._keep_alive)
 
     async def send(self, frames: bytes) -> None:

@@ -6,6 +6,7 @@ noticed as before."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,6 +23,7 @@ from hypercorn.utils import wrap_app
 from http_front.asgi import serve_lifespan
 from http_front.hypercorn_errors import HypercornChanged
 from http_front.hypercorn_send import install
+from http_front.response import Exchange, open_event_stream
 
 TIMEOUT_S = 30
 #: Chunk sizes from a few bytes to far more than a socket buffer holds.
@@ -169,3 +171,54 @@ def test_install_is_idempotent() -> None:
     install()
     assert TCPServer.protocol_send is wrapped
     assert wrapped.replaces is not None  # type: ignore[attr-defined]
+
+
+class AnsweringApp:
+    """``/json``: a whole answer; ``/sse``: a stream's head and first frames,
+    then more frames — through the service's own Exchange and EventStream."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        exchange = Exchange(scope, receive, send)
+        if scope["path"] == "/json":
+            await exchange.answer_json(200, {"answer": 42})
+            return
+        async with open_event_stream(exchange, keepalive_s=60) as out:
+            await out.start(b"data: first\n\n")
+            await out.send(b"data: second\n\n")
+            await out.finish(b"data: [DONE]\n\n")
+
+
+async def test_a_head_goes_out_with_the_first_bytes_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        written = real_write(fd, data)
+        writes.append(bytes(data[:written]))
+        return written
+
+    monkeypatch.setattr(os, "write", counting_write)
+    with trio.fail_after(TIMEOUT_S):
+        async with serving(AnsweringApp()) as url, httpx.AsyncClient() as client:
+            for _ in range(2):  # the same connection, kept alive
+                writes.clear()
+                answer = await client.get(f"{url}/json")
+                assert answer.json() == {"answer": 42}
+                assert len(writes) == 1
+                assert writes[0].startswith(b"HTTP/1.1 200")
+                assert writes[0].endswith(b'{"answer":42}')
+                writes.clear()
+                stream = await client.get(f"{url}/sse")
+                assert stream.text == "data: first\n\ndata: second\n\ndata: [DONE]\n\n"
+                # The head and the first frames together; each later write alone.
+                assert writes[0].startswith(b"HTTP/1.1 200")
+                assert writes[0].endswith(b"data: first\n\n\r\n")
+                assert [w.split(b"\r\n")[1] for w in writes[1:]][:2] == [
+                    b"data: second\n\n",
+                    b"data: [DONE]\n\n",
+                ]
