@@ -45,6 +45,7 @@ from .pieces import (
     Text,
     ToolCard,
 )
+from .text_buffer import TextBuffer
 
 
 def _text(value: Any) -> str:
@@ -60,7 +61,7 @@ class _Running:
     """What is known of an item before it completes: a command's streamed
     output, and the approval policy that declined it."""
 
-    output: list[str] = attrs.Factory(list)
+    output: TextBuffer = attrs.Factory(TextBuffer)
     declined_by: str | None = None
 
 
@@ -74,7 +75,7 @@ class _AgentText:
     """
 
     def __init__(self) -> None:
-        self._attempt: list[str] = []  # agent text of the current model call
+        self._attempt = TextBuffer()  # agent text of the current model call
         self._replay: str | None = None  # text a retried call may repeat
         self._held = ""  # the new item's text held back while it repeats
         self._item: str | None = None
@@ -108,7 +109,7 @@ class _AgentText:
 
     def retrying(self) -> None:
         """codex will call the model again; its new answer may repeat this one."""
-        shown = self._replay if self._replay is not None else "".join(self._attempt)
+        shown = self._replay if self._replay is not None else self._attempt.text()
         self._replay = shown or None
         self._held = ""
         self._attempt.clear()
@@ -219,7 +220,7 @@ class TurnRenderer:
                 status=_text(item.get("status")) or "completed",
                 exit_code=_int(item.get("exitCode")),
                 duration_ms=_int(item.get("durationMs")),
-                output=output if isinstance(output, str) else "".join(running.output),
+                output=output if isinstance(output, str) else running.output.text(),
                 declined_by=running.declined_by,
             )
         )

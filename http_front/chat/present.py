@@ -29,6 +29,7 @@ from ..pieces import (
     Text,
     ToolCard,
 )
+from ..text_buffer import TextBuffer
 
 
 class ReasoningFormat(enum.StrEnum):
@@ -66,7 +67,7 @@ class ChatPresenter:
         self.options = options or ChatOptions()
         #: Deltas given out so far: whether the client has seen anything.
         self.shown = 0
-        self._content_parts: list[str] = []
+        self._content_parts = TextBuffer()
         self._tail = ""  # last characters of content, for separators
         self._in_think = False
         #: The client's function calls the answer ends with.
@@ -89,7 +90,7 @@ class ChatPresenter:
 
     def content(self) -> str:
         """All content given out so far (what the client will send back as history)."""
-        return "".join(self._content_parts)
+        return self._content_parts.text()
 
     def _content(self, text: str) -> list[ChatDelta]:
         """Content, closing an open ``<think>`` section first."""

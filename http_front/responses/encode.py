@@ -51,6 +51,7 @@ from ..pieces import (
     ToolCard,
 )
 from ..pieces import Usage as PieceUsage
+from ..text_buffer import TextBuffer
 from ..turns import Ending, FinishReason
 
 Event = dict[str, Any]
@@ -86,8 +87,10 @@ class _Open:
     kind: str  # "message" | "reasoning"
     index: int
     item_id: str
-    #: The message's text, or the reasoning item's summary parts.
+    #: The reasoning item's summary parts.
     parts: list[str] = attrs.Factory(list)
+    #: The message's text.
+    text: TextBuffer = attrs.Factory(TextBuffer)
 
 
 @attrs.frozen
@@ -194,7 +197,7 @@ class ResponsePresenter:
             and opened.kind == "message"
         ):
             # The hot path: a delta of the open message's text.
-            opened.parts.append(piece.text)
+            opened.text.append(piece.text)
             self.shown += 1
             return [self._text_event("response.output_text.delta", opened, delta=piece.text)]
         events = _PRESENTERS[type(piece)](self, piece)
@@ -226,7 +229,7 @@ class ResponsePresenter:
             return []
         self._open = None
         if opened.kind == "message":
-            text = "".join(opened.parts)
+            text = opened.text.text()
             part = _text_part(text)
             item = {
                 "id": opened.item_id,
@@ -295,7 +298,7 @@ class ResponsePresenter:
                 }
             )
         if piece.text:
-            opened.parts.append(piece.text)
+            opened.text.append(piece.text)
             events.append(self._text_event("response.output_text.delta", opened, delta=piece.text))
         return events
 
