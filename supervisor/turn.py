@@ -39,6 +39,35 @@ from .outcome import CodexError, FailureKind, TurnEnded, TurnOutcome
 log = logging.getLogger(__name__)
 
 
+class _Waiter:
+    """Where a turn's one consumer waits for codex's next event: the
+    consumer's task itself, woken by :meth:`wake`, instead of a new
+    ``trio.Event`` for every wait (one per delta of a paced stream)."""
+
+    __slots__ = ("_abort", "_task")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._abort = self._aborted  # made once, not at every wait
+
+    def wake(self) -> None:
+        """Wake the consumer if it waits (nothing to do otherwise: it looks
+        at the turn's state before it waits)."""
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Until :meth:`wake` (or cancellation)."""
+        assert self._task is None, "a turn has one consumer"
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _aborted(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 @attrs.frozen
 class TurnRequest:
     """What the HTTP front asks for: run ``text`` as a new turn.
@@ -205,7 +234,7 @@ class Turn:
         self.model = model
         self.turn_id = ""
         self._queue: collections.deque[TurnEvent | _DeltaRun] = collections.deque()
-        self._wakeup = trio.Event()
+        self._wakeup = _Waiter()
         self.buffer_size = buffer_size
         self.coalesce_after = max(1, buffer_size // 8)
         self.max_buffered_bytes = max_buffered_bytes
@@ -381,7 +410,7 @@ class Turn:
         else:
             queue.append(event)
         self._queued_bytes += size
-        self._wakeup.set()
+        self._wakeup.wake()
 
     def _too_slow(self, detail: str) -> None:
         self.fail(
@@ -403,7 +432,7 @@ class Turn:
         # to a full buffer; the consumer gets it after what was queued.
         self.outcome = outcome
         self.ended_at = trio.current_time()
-        self._wakeup.set()
+        self._wakeup.wake()
 
     async def wait_codex_finished(self) -> None:
         """Return once codex itself reported the turn over."""
@@ -456,7 +485,6 @@ class Turn:
         if self._delivered_terminal:
             return None
         while not self._queue and self.outcome is None:
-            self._wakeup = trio.Event()
             idle_deadline = self._last_activity + self.idle_timeout_s
             waiting_since = trio.current_time()
             with trio.move_on_at(min(idle_deadline, self.deadline, self._retry_deadline())):
@@ -486,7 +514,6 @@ class Turn:
         arrives on its own, so the last one is known only by the quiet after."""
         with trio.move_on_after(seconds):
             while not self._queue and self.outcome is None:
-                self._wakeup = trio.Event()
                 await self._wakeup.wait()
             return False
         return True
