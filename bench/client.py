@@ -234,12 +234,22 @@ async def conversation(client: httpx.AsyncClient, spec: Spec) -> dict[str, Any]:
 
 
 async def hold(client: httpx.AsyncClient, spec: Spec) -> dict[str, Any]:
-    """``streams`` streams open and streaming slowly: the process's RSS."""
+    """``streams`` streams open and streaming slowly, opened in two halves:
+    the process's RSS idle, with the first half open, and with all open.
+
+    Two figures come of it. From idle to all open, per stream: what the
+    issue first asked for, but it moves with what the warm-up left behind
+    (memory freed then is reused by the first streams without growing the
+    process). From half to all open, per stream: what each further stream
+    adds once that slack is used up, the figure the goal is judged on.
+    """
     pid, streams, interval = spec.raw["pid"], spec.raw["streams"], spec.raw["interval_ms"]
+    half = streams // 2
     await asyncio.sleep(0.5)
-    idle = rss_kib(pid)
+    rss = [rss_kib(pid)]
     opened = 0
-    all_open = asyncio.Event()
+    enough = asyncio.Event()
+    target = half
     done = asyncio.Event()
     marker = spec.marker
 
@@ -253,15 +263,21 @@ async def hold(client: httpx.AsyncClient, spec: Spec) -> dict[str, Any]:
                 if not seen and marker + b"1" in chunk:
                     seen = True
                     opened += 1
-                    if opened == streams:
-                        all_open.set()
+                    if opened >= target:
+                        enough.set()
                 if done.is_set():
                     break
 
-    tasks = [asyncio.create_task(one()) for _ in range(streams)]
-    await asyncio.wait_for(all_open.wait(), 60)
+    tasks = [asyncio.create_task(one()) for _ in range(half)]
+    await asyncio.wait_for(enough.wait(), 60)
     await asyncio.sleep(2)
-    during = rss_kib(pid)
+    rss.append(rss_kib(pid))
+    enough.clear()
+    target = streams
+    tasks += [asyncio.create_task(one()) for _ in range(streams - half)]
+    await asyncio.wait_for(enough.wait(), 60)
+    await asyncio.sleep(2)
+    rss.append(rss_kib(pid))
     done.set()
     for task in tasks:
         task.cancel()
@@ -269,9 +285,11 @@ async def hold(client: httpx.AsyncClient, spec: Spec) -> dict[str, Any]:
     return {
         "streams": streams,
         "interval_ms": interval,
-        "rss_kib_idle": idle,
-        "rss_kib_with_streams": during,
-        "kib_per_stream": round((during - idle) / streams, 1),
+        "rss_kib_idle": rss[0],
+        "rss_kib_with_half": rss[1],
+        "rss_kib_with_streams": rss[2],
+        "kib_per_stream_from_idle": round((rss[2] - rss[0]) / streams, 1),
+        "kib_per_stream": round((rss[2] - rss[1]) / (streams - half), 1),
     }
 
 
