@@ -408,10 +408,10 @@ async def memory_per_stream(runs: int) -> dict[str, Any]:
     per_stream = [r["kib_per_stream"] for r in results]
     from_idle = [r["kib_per_stream_from_idle"] for r in results]
     return {
-        "median_kib_per_stream": statistics.median(per_stream),
+        "median_kib_per_stream": round(statistics.median(per_stream), 1),
         "min": min(per_stream),
         "max": max(per_stream),
-        "median_kib_per_stream_from_idle": statistics.median(from_idle),
+        "median_kib_per_stream_from_idle": round(statistics.median(from_idle), 1),
         "runs": results,
     }
 
