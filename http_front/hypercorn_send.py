@@ -20,7 +20,9 @@ for the next event.
 Hypercorn also writes a response's head on its own, then each body chunk:
 two socket calls for a small answer or a stream's first bytes, where one
 would do. Within :func:`writes_together` a task's writes to its connection
-are held and go out as one when the block ends.
+are held and go out as one when the block ends. A stream's later frames
+can then go out as chunks framed here (:func:`write_chunk`), without the
+ASGI path per frame.
 
 Like :mod:`http_front.hypercorn_errors`, this leans on Hypercorn's
 internals and checks them first (:class:`HypercornChanged`).
@@ -65,38 +67,61 @@ def _written_at_once(server: TCPServer, data: bytes) -> int:
 class _Held:
     """What a :func:`writes_together` block wrote, not sent yet."""
 
-    __slots__ = ("data", "server")
+    __slots__ = ("chunked", "data", "server")
 
     def __init__(self) -> None:
         self.server: TCPServer | None = None
         self.data: list[bytes] = []
+        #: The connection, if the block began an HTTP/1.1 response with a
+        #: chunked body (see :func:`write_chunk`).
+        self.chunked: TCPServer | None = None
 
 
 _held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("held_writes", default=None)
 
 
 @contextlib.asynccontextmanager
-async def writes_together() -> AsyncIterator[None]:
+async def writes_together() -> AsyncIterator[_Held]:
     """What the block writes to its connection goes out as one write when it
     ends: a response's head with its first bytes (or all of a small answer),
     instead of a socket call for each. The block must send and nothing else
     (it must not wait for the client, say): its writes are held until then.
+    Afterwards, the holder's ``chunked`` is the connection if the block
+    began a response whose body is sent in HTTP/1.1 chunks.
     """
     held = _Held()
     token = _held.set(held)
     try:
-        yield
+        yield held
     finally:
         _held.reset(token)
         await _release(held)
+
+
+_CHUNKED = b"\r\ntransfer-encoding: chunked\r\n"
 
 
 async def _release(held: _Held) -> None:
     server, held.server = held.server, None
     data = b"".join(held.data)
     held.data.clear()
-    if server is not None and data:
-        await _send(server, data)
+    if server is None or not data:
+        return
+    if data.startswith(b"HTTP/1.1 "):
+        head = data[: data.find(b"\r\n\r\n") + 2]
+        if _CHUNKED in head.lower():
+            held.chunked = server
+    await _send(server, data)
+
+
+async def write_chunk(server: TCPServer, data: bytes) -> None:
+    """More of a chunked response body (``writes_together``'s ``chunked``),
+    framed here and written like any other write of the connection: a
+    stream's frames skip the ASGI send, Hypercorn's HTTP stream and h11,
+    which for a chunked body only frame the bytes (h11 keeps no count of
+    them). The response's end still goes the ASGI way."""
+    if data:
+        await _send(server, b"%x\r\n%b\r\n" % (len(data), data))
 
 
 async def _send(server: TCPServer, data: bytes) -> None:

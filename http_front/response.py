@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 
 from . import telemetry
 from .asgi import Receive, Scope, Send, send_json
 from .errors import ApiError
-from .hypercorn_send import writes_together
+from .hypercorn_send import write_chunk, writes_together
 
 #: An SSE comment: keeps proxies and clients from timing out a silent stream.
 SSE_KEEPALIVE = b": keepalive\n\n"
@@ -230,19 +231,29 @@ class EventStream:
         self._keepalive_scope = trio.CancelScope()
         self._keepalive_done = trio.Event()
         self.started = False
+        #: The connection its frames are written to as HTTP/1.1 chunks
+        #: directly, once started (None: each frame is an ASGI send).
+        self._chunks_to: TCPServer | None = None
+        self._record = telemetry.current()
 
     async def start(self, first: bytes) -> None:
         """Send the response's head and its first frames; keepalive begins."""
         assert not self.started
         self.started = True
-        async with writes_together():  # the head and the first frames in one write
+        async with writes_together() as held:  # the head and the first frames in one write
             await self._exchange._start(self._headers)
             await self.send(first)
+        self._chunks_to = held.chunked
         self._nursery.start_soon(self._keep_alive)
 
     async def send(self, frames: bytes) -> None:
         """More frames of the stream."""
-        await self._exchange._write(frames)
+        if self._chunks_to is None:
+            await self._exchange._write(frames)
+        else:  # the hot path: each delta of a stream
+            await write_chunk(self._chunks_to, frames)
+            if self._record is not None:
+                self._record.bytes_sent += len(frames)
         self._last_write = trio.current_time()
 
     async def finish(self, frames: bytes) -> None:

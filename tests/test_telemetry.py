@@ -328,7 +328,7 @@ async def test_serve_logs_json_lines_only(tmp_path: Path) -> None:
         )
         try:
             async with httpx.AsyncClient(base_url=url) as client:
-                await client.post(
+                streamed = await client.post(
                     "/v1/chat/completions",
                     json=chat_body("hi", model=MODEL),
                     headers={"x-request-id": "json-1"},
@@ -349,6 +349,10 @@ async def test_serve_logs_json_lines_only(tmp_path: Path) -> None:
         if line.get("request_id") == "json-1" and line["logger"] == "codex_bridge.access"
     ]
     assert access["status"] == 200
+    # Every byte of the stream's body is counted, frames written as chunks
+    # directly included.
+    assert streamed.text.count("data: ") > 3
+    assert access["bytes"] == len(streamed.content)
 
 
 async def test_time_queued_before_a_refusal_is_the_queues_not_the_bridges(
