@@ -46,6 +46,12 @@ _ErrorResponder = Callable[[Any, int], Awaitable[None]]
 class HypercornChanged(RuntimeError):
     """Hypercorn's internals no longer match what the override was written for."""
 
+    @classmethod
+    def check(cls, what: str, problems: list[str], module: str) -> None:
+        """Raise, saying what cannot be done and why, if there are ``problems``."""
+        if problems:
+            raise cls(f"cannot {what}: " + "; ".join(problems) + f" (see {module})")
+
 
 def error_message(status_code: int, max_header_bytes: int) -> str:
     if status_code == 408:
@@ -114,12 +120,11 @@ def _check(current: _ErrorResponder) -> None:
         caller = ""
     if f"self.{_METHOD}(error.error_status_hint)" not in caller:
         problems.append(f"_handle_events no longer answers protocol errors through {_METHOD}")
-    if problems:
-        raise HypercornChanged(
-            "cannot give Hypercorn's own error responses a JSON body: "
-            + "; ".join(problems)
-            + " (see http_front/hypercorn_errors.py)"
-        )
+    HypercornChanged.check(
+        "give Hypercorn's own error responses a JSON body",
+        problems,
+        "http_front/hypercorn_errors.py",
+    )
 
 
 _CLOSE = "_initiate_server_close"
@@ -170,12 +175,9 @@ def _check_close(current: Any) -> None:
         problems.append(f"the keep-alive timeout no longer closes through {_CLOSE}")
     if not hasattr(h11.Connection, "trailing_data"):
         problems.append("h11 lost Connection.trailing_data")
-    if problems:
-        raise HypercornChanged(
-            "cannot answer a request that timed out with 408: "
-            + "; ".join(problems)
-            + " (see http_front/hypercorn_errors.py)"
-        )
+    HypercornChanged.check(
+        "answer a request that timed out with 408", problems, "http_front/hypercorn_errors.py"
+    )
 
 
 def install() -> None:

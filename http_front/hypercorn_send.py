@@ -166,12 +166,9 @@ def _check(current: Any) -> None:
     for needle in ("self.send_lock", "self.stream.send_all(event.data)", "RawData"):
         if needle not in source:
             problems.append(f"TCPServer.{_METHOD} no longer uses {needle}")
-    if problems:
-        raise HypercornChanged(
-            "cannot write to connections directly: "
-            + "; ".join(problems)
-            + " (see http_front/hypercorn_send.py)"
-        )
+    HypercornChanged.check(
+        "write to connections directly", problems, "http_front/hypercorn_send.py"
+    )
 
 
 def install() -> None:

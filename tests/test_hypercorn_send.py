@@ -130,15 +130,20 @@ class EndlessApp:
                 await trio.lowlevel.checkpoint()
 
 
+async def ask_and_leave(url: str) -> None:
+    """Ask for /stream, read the start of the answer, and go away."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
+    await stream.aclose()
+
+
 async def test_a_client_that_leaves_mid_stream_is_noticed() -> None:
     app = EndlessApp()
     with trio.fail_after(TIMEOUT_S):
         async with serving(app) as url:
-            host, port = url.removeprefix("http://").split(":")
-            stream = await trio.open_tcp_stream(host, int(port))
-            await stream.send_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
-            assert (await stream.receive_some(65_536)).startswith(b"HTTP/1.1 200")
-            await stream.aclose()  # gone, while the application goes on writing
+            await ask_and_leave(url)  # while the application goes on writing
             await app.gone.wait()
 
 
@@ -146,11 +151,7 @@ async def test_the_next_client_is_served_after_one_left() -> None:
     app = StreamingApp()
     with trio.fail_after(TIMEOUT_S):
         async with serving(app) as url:
-            host, port = url.removeprefix("http://").split(":")
-            stream = await trio.open_tcp_stream(host, int(port))
-            await stream.send_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
-            await stream.receive_some(65_536)
-            await stream.aclose()
+            await ask_and_leave(url)
             async with httpx.AsyncClient() as client:
                 response = await client.get(f"{url}/stream")
             assert len(response.content) == sum(SIZES)
