@@ -85,18 +85,25 @@ class _Pending:
 _REST_OF_LINE_TIMEOUT_S = 30.0
 
 
+def write_nowait(fd: int, data: bytes) -> int:
+    """How much of ``data`` the non-blocking descriptor ``fd`` (a pipe, a
+    socket) took at once: 0 if it would block, is closed (``fd`` -1, as a
+    closed trio stream reports it: never a stale number) or failed. The
+    caller's own stream then writes the rest, and reports any error."""
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
 def _written_at_once(stream: trio.abc.SendStream, data: bytes) -> int:
     """How much of ``data`` a pipe to the child took without blocking; 0 if
     none, or if it is not a pipe (``send_all`` then does it all)."""
     if not isinstance(stream, trio.lowlevel.FdStream):
         return 0
-    fd = stream.fileno()  # -1 once closed: never a stale descriptor
-    if fd < 0:
-        return 0
-    try:
-        return os.write(fd, data)
-    except OSError:  # full, or the child is gone: send_all says which
-        return 0
+    return write_nowait(stream.fileno(), data)
 
 
 async def _refuse_all(request: ServerRequest) -> Any:

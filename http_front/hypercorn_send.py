@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
 from hypercorn.events import Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
+
+from bridge.peer import write_nowait
 
 from .hypercorn_errors import HypercornChanged
 
@@ -55,13 +56,7 @@ def _written_at_once(server: TCPServer, data: bytes) -> int:
     stream = server.stream
     if not isinstance(stream, trio.SocketStream) or server.send_lock.locked():
         return 0
-    fd = stream.socket.fileno()  # -1 once closed: never a stale descriptor
-    if fd < 0:
-        return 0
-    try:
-        return os.write(fd, data)
-    except OSError:  # would block, or the peer is gone: Hypercorn's path tells
-        return 0
+    return write_nowait(stream.socket.fileno(), data)
 
 
 class _Held:
