@@ -53,11 +53,9 @@ class ScratchDirs:
             self._work.set()
         if self._ready:
             return self._ready.popleft()
-        path = self._new_path()
         # A local mkdir takes microseconds; a worker thread's round trip
         # would cost more than the call.
-        path.mkdir(parents=True)
-        return path
+        return self._make()
 
     async def give_back(self, path: Path) -> None:
         """``path`` and all in it are no longer needed: removed soon (at once
@@ -91,8 +89,10 @@ class ScratchDirs:
             with trio.move_on_after(10, shield=True):
                 await trio.to_thread.run_sync(self._round, leftovers, 0)
 
-    def _new_path(self) -> Path:
-        return self.root / uuid.uuid4().hex
+    def _make(self) -> Path:
+        path = self.root / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
 
     def _round(self, remove: list[Path], make: int) -> list[Path]:
         """In a worker thread: remove ``remove``, make ``make`` directories."""
@@ -101,9 +101,7 @@ class ScratchDirs:
         made: list[Path] = []
         try:
             for _ in range(make):
-                path = self._new_path()
-                path.mkdir(parents=True)
-                made.append(path)
+                made.append(self._make())
         except OSError as exc:  # take() makes its own, and says why if it cannot
             log.warning("cannot make scratch directories under %s: %s", self.root, exc)
         return made
