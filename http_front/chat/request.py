@@ -131,7 +131,6 @@ _RESPONSE_FORMAT: JsonSchema = {
     ],
 }
 
-#: The chat-completions request body.
 #: A client function: codex offers it to the model as a dynamic tool
 #: (:func:`dynamic_tools`, which the Ollama door uses too).
 FUNCTION_SCHEMA = {
@@ -143,8 +142,14 @@ FUNCTION_SCHEMA = {
         "parameters": {"type": ["object", "null"]},
     },
 }
+#: An entry of ``tools`` (chat completions' and Ollama's shape alike).
+TOOL_SCHEMA = {
+    "type": "object",
+    "properties": {"type": {"type": "string"}, "function": FUNCTION_SCHEMA},
+}
 
 
+#: The chat-completions request body.
 CHAT_BODY = BodySchema(
     "ChatCompletionRequest",
     {
@@ -197,13 +202,7 @@ CHAT_BODY = BodySchema(
             },
             "tools": {
                 "type": ["array", "null"],
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "function": FUNCTION_SCHEMA,
-                    },
-                },
+                "items": TOOL_SCHEMA,
                 "description": "Accepted and ignored while tool_choice leaves the choice to the "
                 "model (absent, auto, none): codex answers without calling client functions. "
                 "Refused (400) with tool_choice required or a named function: "

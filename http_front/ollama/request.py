@@ -18,7 +18,7 @@ import attrs
 from supervisor import TurnRequest
 
 from ..blocks import strip_bridge_markup
-from ..chat.request import FUNCTION_SCHEMA, dynamic_tools, tools_signature
+from ..chat.request import TOOL_SCHEMA, dynamic_tools, tools_signature
 from ..errors import bad_request
 from ..images import Image, ImageLimits, check_count, from_base64, input_image
 from ..schema import BodySchema, JsonSchema
@@ -162,13 +162,7 @@ CHAT_BODY = BodySchema(
             },
             "tools": {
                 "type": ["array", "null"],
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "function": FUNCTION_SCHEMA,
-                    },
-                },
+                "items": TOOL_SCHEMA,
                 "description": "The client's functions: the model may call them (codex "
                 "dynamic tools). A call ends the answer with `message.tool_calls` (done_reason "
                 "`stop`) while codex's turn waits; the next request, ending with one `tool` "
