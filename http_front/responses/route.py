@@ -196,7 +196,9 @@ class Responses(Door):
         else:
             cwd = root / "responses" / workspace_name(chain_id)
             chain = chain_id
-            await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
+            # Local, as a conversation's: a worker thread's round trip would
+            # cost more than the call, on the first byte of every response.
+            cwd.mkdir(parents=True, exist_ok=True)
         paths, urls = await write_images(request.images, str(cwd))
         turn = attrs.evolve(
             turn, cwd=str(cwd), local_images=paths, image_urls=urls, ephemeral=chain is None
